@@ -1,0 +1,110 @@
+"""xtune's own Lightning callbacks, for what Lightning does not do itself.
+
+- RunStats: per-epoch history, best epoch and end-to-end training images/s for summary.json
+  (Lightning's ThroughputMonitor synchronises the device every step and only logs; we want one
+  honest number per run without slowing it).
+- FiniteLoss: abort loudly on a non-finite training loss (checked every n steps, so it costs one
+  host sync per n steps instead of one per step).
+- StoreRunInfo: puts the resolved config and class names into every checkpoint, so eval.py and
+  resume need nothing else.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import pytorch_lightning as pl
+import torch
+
+from xtune.errors import XtuneError
+
+
+class NonFiniteLossError(XtuneError):
+    """Training diverged."""
+
+
+class RunStats(pl.Callback):
+    def __init__(self, monitor: str = "val/acc", mode: str = "max", warmup_steps: int = 3):
+        self.monitor, self.mode, self.warmup_steps = monitor, mode, warmup_steps
+        self.history: list[dict] = []
+        self.best_epoch: int | None = None
+        self.best_score: float | None = None
+        self.images = 0
+        self.seconds = 0.0
+        self._steps = 0
+        self._last: float | None = None
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self._last = None  # time between epochs (validation) is not training time
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        now = time.perf_counter()
+        self._steps += 1
+        if self._last is not None and self._steps > self.warmup_steps:
+            self.images += int(batch[0].shape[0]) * trainer.world_size
+            self.seconds += now - self._last
+        self._last = now
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking:
+            return
+        score = trainer.callback_metrics.get(self.monitor)
+        if score is None:
+            return
+        score = float(score)
+        better = self.best_score is None or (score > self.best_score if self.mode == "max" else score < self.best_score)
+        if better and math.isfinite(score):
+            self.best_score, self.best_epoch = score, trainer.current_epoch
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        row = {"epoch": trainer.current_epoch}
+        for key, value in trainer.callback_metrics.items():
+            if key.startswith(("train/", "val/")) and not key.endswith("_step"):
+                row[key] = float(value)
+        self.history.append(row)
+
+    @property
+    def images_per_second(self) -> float | None:
+        return self.images / self.seconds if self.seconds > 0 else None
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        checkpoint["xtune_run_stats"] = {
+            "history": self.history, "best_epoch": self.best_epoch, "best_score": self.best_score
+        }
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        # Only a resumed fit continues the history; testing the best checkpoint must not rewind it.
+        state = checkpoint.get("xtune_run_stats")
+        if state and trainer.state.fn == "fit":
+            self.history = list(state["history"])
+            self.best_epoch, self.best_score = state["best_epoch"], state["best_score"]
+
+
+class FiniteLoss(pl.Callback):
+    def __init__(self, check_every_n_steps: int = 50):
+        self.every = check_every_n_steps
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step % self.every and batch_idx:
+            return
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        if loss is not None and not torch.isfinite(loss).all():
+            raise NonFiniteLossError(
+                f"training loss became {float(loss)} at epoch {trainer.current_epoch}, step "
+                f"{trainer.global_step}; lower optim.lr, add gradient clipping "
+                "(trainer.gradient_clip_val=1.0) or use trainer.precision=32-true"
+            )
+
+
+class StoreRunInfo(pl.Callback):
+    def __init__(self, config: dict, classes: list, data_config: dict, weight_source: str):
+        self.info = {
+            "config": config,
+            "classes": list(classes),
+            "data_config": {k: list(v) if isinstance(v, tuple) else v for k, v in data_config.items()},
+            "weight_source": weight_source,
+        }
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        checkpoint["xtune"] = self.info

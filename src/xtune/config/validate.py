@@ -1,0 +1,147 @@
+"""Cheap checks of a composed config, before any heavy import: one clear line per mistake.
+
+Hydra already refuses unknown groups and keys; these catch values that compose fine but make no
+sense (batch_size=0, lr=-1, a missing data.root, a checkpoint path that is not there).
+"""
+
+from __future__ import annotations
+
+import numbers
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from xtune.errors import XtuneConfigError
+
+PRECISIONS = {"64-true", "64", "32-true", "32", "16-mixed", "bf16-mixed", "16-true", "bf16-true",
+              "transformer-engine", "transformer-engine-float16"}
+
+
+def _get(cfg: DictConfig, key: str):
+    return OmegaConf.select(cfg, key, default=None, throw_on_missing=False)
+
+
+def _number(cfg, key, *, integer=False, low=None, low_open=False, high=None, high_open=False,
+            optional=False, hint=""):
+    if OmegaConf.select(cfg, key, default="<absent>") == "<absent>":
+        return
+    value = _get(cfg, key)
+    if value is None and optional:
+        return
+    kind = "an integer" if integer else "a number"
+    bounds = []
+    if low is not None:
+        bounds.append(f"{'>' if low_open else '>='} {low}")
+    if high is not None:
+        bounds.append(f"{'<' if high_open else '<='} {high}")
+    wanted = f"{kind} {' and '.join(bounds)}".strip()
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if ok and integer:
+        ok = float(value).is_integer()
+    if ok and low is not None:
+        ok = value > low if low_open else value >= low
+    if ok and high is not None:
+        ok = value < high if high_open else value <= high
+    if not ok:
+        raise XtuneConfigError(f"{key}={value}: expected {wanted}{hint}")
+
+
+def _common(cfg: DictConfig) -> None:
+    _number(cfg, "data.batch_size", integer=True, low=1)
+    _number(cfg, "data.eval_batch_size", integer=True, low=1, optional=True)
+    _number(cfg, "data.num_workers", integer=True, low=0, optional=True)
+    _number(cfg, "data.image_size", integer=True, low=8, optional=True)
+    _number(cfg, "data.crop_pct", low=0, low_open=True, high=1, optional=True)
+    for key in ("data.val_fraction", "data.test_fraction"):
+        _number(cfg, key, low=0, high=1, high_open=True)
+    fractions = (_get(cfg, "data.val_fraction") or 0) + (_get(cfg, "data.test_fraction") or 0)
+    if fractions >= 1:
+        raise XtuneConfigError(
+            f"data.val_fraction + data.test_fraction = {fractions:g}: leave some data to train on (< 1)"
+        )
+    _data_root(cfg)
+    name = _get(cfg, "model.name")
+    if "model" in cfg and (not isinstance(name, str) or not name.strip()):
+        raise XtuneConfigError(f"model.name={name}: expected a timm model name, e.g. resnet50")
+    weights = _get(cfg, "model.weights")
+    if weights:
+        path = Path(str(weights)).expanduser()
+        if not path.is_file():
+            raise XtuneConfigError(
+                f"model.weights={weights}: no such file; pass a .safetensors/.pth/.bin weights file "
+                "or model.weights=null"
+            )
+    for key in ("model.drop_rate", "model.drop_path_rate"):
+        _number(cfg, key, low=0, high=1, high_open=True, optional=True)
+    _number(cfg, "trainer.accumulate_grad_batches", integer=True, low=1, optional=True)
+    _number(cfg, "trainer.gradient_clip_val", low=0, low_open=True, optional=True)
+    precision = _get(cfg, "trainer.precision")
+    if precision is not None and str(precision) not in PRECISIONS:
+        raise XtuneConfigError(
+            f"trainer.precision={precision}: expected one of {', '.join(sorted(PRECISIONS))}"
+        )
+    devices = _get(cfg, "trainer.devices")
+    if isinstance(devices, numbers.Integral) and not isinstance(devices, bool) and devices == 0:
+        raise XtuneConfigError("trainer.devices=0: expected >= 1, -1 (all), 'auto' or a list of ids")
+    _number(cfg, "seed", integer=True, low=0, optional=True)
+
+
+def _data_root(cfg: DictConfig) -> None:
+    """Sources whose function requires `root` (imagefolder) need data.root."""
+    target = _get(cfg, "data.source._target_")
+    if not target or _get(cfg, "data.root") is not None:
+        return
+    import inspect
+
+    from hydra.utils import get_method
+
+    try:
+        parameter = inspect.signature(get_method(target)).parameters.get("root")
+    except Exception:  # noqa: BLE001 - a bad target is reported when it is built
+        return
+    if parameter is not None and parameter.default is inspect.Parameter.empty:
+        raise XtuneConfigError(
+            f"data.root is required for {target.rsplit('.', 1)[-1]} data: pass data.root=/path/to/images "
+            "(ROOT/<class>/*.jpg, or ROOT/train|val|test/<class>/*.jpg)"
+        )
+
+
+def _checkpoint(cfg: DictConfig, required: bool) -> None:
+    path = _get(cfg, "ckpt_path")
+    if path is None:
+        if required:
+            raise XtuneConfigError("ckpt_path is required: pass ckpt_path=RUN/checkpoints/best.ckpt")
+        return
+    file = Path(str(path)).expanduser()
+    if not file.exists():
+        raise XtuneConfigError(
+            f"ckpt_path={path}: no such file; pass a checkpoint written by train.py, "
+            "e.g. logs/train/runs/RUN/checkpoints/last.ckpt"
+        )
+    if file.is_dir():
+        raise XtuneConfigError(f"ckpt_path={path} is a directory; pass the .ckpt file inside it")
+
+
+def validate_train(cfg: DictConfig) -> None:
+    _common(cfg)
+    _number(cfg, "optim.lr", low=0, low_open=True)
+    _number(cfg, "optim.weight_decay", low=0, optional=True)
+    _number(cfg, "optim.momentum", low=0, high=1, high_open=True, optional=True)
+    _number(cfg, "optim.layer_decay", low=0, low_open=True, high=1, optional=True)
+    _number(cfg, "scheduler.warmup_epochs", low=0, optional=True)
+    _number(cfg, "scheduler.min_lr", low=0, optional=True)
+    _number(cfg, "scheduler.warmup_lr", low=0, optional=True)
+    max_steps = _get(cfg, "trainer.max_steps")
+    if not (isinstance(max_steps, int) and max_steps > 0):
+        _number(cfg, "trainer.max_epochs", integer=True, low=1,
+                hint=" (or set trainer.max_steps)")
+    if not _get(cfg, "train") and not _get(cfg, "test"):
+        raise XtuneConfigError("train=false and test=false: nothing to do; enable one of them")
+    _checkpoint(cfg, required=not _get(cfg, "train"))
+
+
+def validate_eval(cfg: DictConfig) -> None:
+    if OmegaConf.is_missing(cfg, "ckpt_path"):
+        raise XtuneConfigError("ckpt_path is required: pass ckpt_path=RUN/checkpoints/best.ckpt")
+    _checkpoint(cfg, required=True)
+    _common(cfg)

@@ -1,0 +1,51 @@
+"""Logger factories for what Lightning's loggers do not decide themselves."""
+
+from __future__ import annotations
+
+import netrc
+import os
+import sys
+from urllib.parse import urlparse
+
+
+def wandb_api_key_configured() -> bool:
+    """Is a W&B API key available (WANDB_API_KEY, or a netrc entry for the W&B host)?"""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
+    try:
+        return netrc.netrc(os.environ.get("NETRC")).authenticators(host) is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
+
+
+def wandb_mode(mode: str | None = None) -> str:
+    """The W&B mode: the config's, else WANDB_MODE, else online with an API key, else offline."""
+    return mode or os.environ.get("WANDB_MODE") or ("online" if wandb_api_key_configured() else "offline")
+
+
+def wandb_logger(save_dir: str, mode: str | None = None, log_model: bool | str = False, **kwargs):
+    """Lightning's WandbLogger that works with no account.
+
+    With no API key configured (and no WANDB_MODE), the run is written offline inside the run
+    directory (`save_dir/wandb/offline-run-*`) and can be uploaded later with `wandb sync DIR`.
+    Keys are never passed through the config: W&B reads them from the environment or netrc.
+    Other keyword arguments go to WandbLogger / wandb.init (project, name, group, tags, ...).
+    """
+    from pytorch_lightning.loggers import WandbLogger
+
+    mode = wandb_mode(mode)
+    if mode in ("offline", "dryrun", "disabled"):
+        log_model = False  # nothing to upload to
+    os.makedirs(save_dir, exist_ok=True)
+    logger = WandbLogger(save_dir=save_dir, mode=mode, log_model=log_model, **kwargs)
+    # WandbLogger always passes anonymous=None, which wandb 0.31 warns about on every run
+    logger._wandb_init.pop("anonymous", None)
+    return logger
+
+
+def finish_wandb(exit_code: int = 0) -> None:
+    """End the active W&B run, so the next job of a multirun starts its own."""
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and getattr(wandb, "run", None) is not None:
+        wandb.finish(exit_code=exit_code)

@@ -1,0 +1,93 @@
+"""Evaluate a checkpoint on the test split, rebuilt from the config stored inside it."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from xtune.config.printing import print_config_tree
+from xtune.config.validate import validate_eval
+from xtune.errors import XtuneDataError
+
+log = logging.getLogger("xtune")
+
+#: top-level keys an eval command line may change in the stored training config
+OVERRIDABLE = ("data", "model")
+
+
+def stored_config_with_overrides(stored: dict, cfg: DictConfig, overrides: list[str]) -> DictConfig:
+    """The training config stored in the checkpoint, with this command's data/model overrides.
+
+    `data=imagefolder` replaces the whole data config with the eval composition; `data.root=X`
+    sets one key. Everything else (trainer, logger, paths) is this command's own.
+    """
+    run = OmegaConf.create(stored)
+    for override in overrides:
+        key = override.split("=", 1)[0].lstrip("+~")
+        if key.split(".")[0] not in OVERRIDABLE:
+            continue
+        value = OmegaConf.select(cfg, key, default=None)
+        with open_dict(run):
+            if "." not in key:
+                run[key] = OmegaConf.to_container(value, resolve=True) if value is not None else None
+            else:
+                OmegaConf.update(run, key, value, force_add=True)
+    return run
+
+
+def evaluate(cfg: DictConfig) -> float | None:
+    started = time.time()
+    validate_eval(cfg)
+
+    from hydra.core.hydra_config import HydraConfig
+
+    from xtune.callbacks import RunStats
+    from xtune.checkpoint import read_checkpoint
+    from xtune.models.module import ClassificationModule
+    from xtune.report import run_summary, write_summary
+    from xtune.tasks.common import build, build_all, build_trainer, save_config
+
+    checkpoint = read_checkpoint(cfg.ckpt_path)
+    stored = checkpoint["xtune"]
+    run = stored_config_with_overrides(stored["config"], cfg, list(HydraConfig.get().overrides.task))
+    print_config_tree(OmegaConf.create({"ckpt_path": cfg.ckpt_path, "data": run.data, "model": run.model,
+                                        "trainer": cfg.trainer}))
+
+    datamodule = build(run.data, "data")
+    if datamodule.classes != list(stored["classes"]):
+        raise XtuneDataError(
+            f"the checkpoint was trained on {len(stored['classes'])} classes {stored['classes'][:6]}, "
+            f"this data has {len(datamodule.classes)} {datamodule.classes[:6]}; evaluate on data "
+            "with the same class folders"
+        )
+    # Weights come from the checkpoint: never ask the Hub.
+    backbone = build(run.model, "model")(num_classes=datamodule.num_classes, pretrained=False, weights=None)
+    backbone.weight_source = f"checkpoint:{Path(cfg.ckpt_path).expanduser().resolve()}"
+    datamodule.resolve_transforms(backbone)
+    module = ClassificationModule(backbone, datamodule.num_classes, optimizer=None)
+    module.load_state_dict(checkpoint["state_dict"])
+
+    stats = RunStats()
+    loggers = build_all(cfg.get("logger"), "logger")
+    trainer = build_trainer(cfg, [stats], loggers)
+    run_dir = Path(cfg.paths.output_dir)
+    save_config(OmegaConf.merge(run, {"ckpt_path": cfg.ckpt_path, "trainer": cfg.trainer}), run_dir)
+
+    results = trainer.test(module, datamodule=datamodule)
+    metrics = dict(results[0]) if results else {}
+    summary = run_summary(cfg_for_summary(cfg, run), trainer, module, datamodule, None, metrics, started)
+    summary["checkpoint"] = str(Path(cfg.ckpt_path).expanduser().resolve())
+    summary.pop("best")
+    if trainer.is_global_zero:
+        write_summary(run_dir, summary)
+    return metrics.get("test/acc")
+
+
+def cfg_for_summary(cfg: DictConfig, run: DictConfig) -> DictConfig:
+    """This command's config with the model/data/seed the checkpoint was trained with."""
+    merged = OmegaConf.create({"task_name": cfg.task_name, "paths": {"output_dir": cfg.paths.output_dir},
+                               "model": run.model, "seed": run.get("seed")})
+    return merged

@@ -1,0 +1,50 @@
+"""--help and --cfg job answer without importing torch (they must stay instant)."""
+
+import subprocess
+import sys
+
+import pytest
+
+from helpers import ROOT
+
+PROBE = (
+    "import atexit, runpy, sys; sys.argv = [{script!r}] + {args!r}\n"
+    "def report():\n"
+    "    heavy = sorted(m for m in ('torch', 'pytorch_lightning', 'timm', 'wandb') if m in sys.modules)\n"
+    "    print('HEAVY', heavy)\n"
+    "atexit.register(report)\n"
+    "runpy.run_path({script!r}, run_name='__main__')\n"
+)
+
+
+@pytest.mark.parametrize("script,args", [
+    ("train.py", ["--help"]),
+    ("train.py", ["--cfg", "job"]),
+    ("train.py", ["experiment=quickstart", "--cfg", "job"]),
+    ("eval.py", ["--help"]),
+    ("eval.py", ["ckpt_path=x.ckpt", "--cfg", "job"]),
+    ("train.py", ["model=vit", "--help"]),
+])
+def test_no_heavy_imports(script, args, env):
+    code = PROBE.format(script=str(ROOT / script), args=args)
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "HEAVY []" in result.stdout
+
+
+def test_help_lists_groups_and_options(env):
+    result = subprocess.run([sys.executable, "train.py", "--help"], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0
+    for line in ("model: convnext, efficientnet, mobilenet, resnet, tiny, vit",
+                 "data: cifar10, digits, imagefolder, mnist, synthetic",
+                 "experiment=quickstart"):
+        assert line in result.stdout
+
+
+def test_cfg_job_prints_the_composed_config(env):
+    result = subprocess.run([sys.executable, "train.py", "experiment=quickstart", "--cfg", "job"],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0
+    assert "name: test_resnet" in result.stdout and "pretrained: false" in result.stdout

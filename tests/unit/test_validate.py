@@ -1,0 +1,58 @@
+"""Nonsense values are refused before any heavy import, with one line naming the key."""
+
+import pytest
+
+from conftest import compose
+from xtune.config.validate import validate_eval, validate_train
+from xtune.errors import XtuneConfigError
+
+BAD = [
+    (["data.batch_size=0"], "data.batch_size=0: expected an integer >= 1"),
+    (["data.batch_size=abc"], "data.batch_size=abc: expected an integer >= 1"),
+    (["data.batch_size=2.5"], "data.batch_size=2.5: expected an integer >= 1"),
+    (["optim.lr=0"], "optim.lr=0: expected a number > 0"),
+    (["optim.lr=-1e-3"], "optim.lr=-0.001: expected a number > 0"),
+    (["optim.weight_decay=-1"], "optim.weight_decay=-1: expected a number >= 0"),
+    (["trainer.max_epochs=0"], "trainer.max_epochs=0: expected an integer >= 1"),
+    (["data.num_workers=-2"], "data.num_workers=-2: expected an integer >= 0"),
+    (["data.image_size=0"], "data.image_size=0: expected an integer >= 8"),
+    (["data.val_fraction=1.5"], "data.val_fraction=1.5: expected a number >= 0 and < 1"),
+    (["data.val_fraction=0.6", "data.test_fraction=0.5"], "leave some data to train on"),
+    (["model.drop_path_rate=1.2"], "model.drop_path_rate=1.2: expected a number >= 0 and < 1"),
+    (["trainer.precision=17"], "trainer.precision=17: expected one of"),
+    (["trainer.devices=0"], "trainer.devices=0: expected >= 1"),
+    (["trainer.accumulate_grad_batches=0"], "trainer.accumulate_grad_batches=0"),
+    (["scheduler.warmup_epochs=-1"], "scheduler.warmup_epochs=-1: expected a number >= 0"),
+    (["data=imagefolder"], "data.root is required for imagefolder data"),
+    (["model.name=''"], "model.name=: expected a timm model name"),
+    (["model.weights=/no/such/file.safetensors"], "model.weights=/no/such/file.safetensors: no such file"),
+    (["ckpt_path=/no/such.ckpt"], "ckpt_path=/no/such.ckpt: no such file"),
+    (["train=false", "test=false"], "nothing to do"),
+    (["train=false"], "ckpt_path is required"),
+    (["seed=-1"], "seed=-1: expected an integer >= 0"),
+]
+
+
+@pytest.mark.parametrize("overrides,message", BAD, ids=[" ".join(o) for o, _ in BAD])
+def test_bad_values_are_refused(overrides, message, tmp_path):
+    cfg = compose("train", overrides, output_dir=tmp_path)
+    with pytest.raises(XtuneConfigError) as caught:
+        validate_train(cfg)
+    assert message in str(caught.value)
+    assert "\n" not in caught.value.one_line()
+
+
+def test_checkpoint_directory_is_refused(tmp_path):
+    cfg = compose("train", [f"ckpt_path={tmp_path}"], output_dir=tmp_path)
+    with pytest.raises(XtuneConfigError, match="is a directory"):
+        validate_train(cfg)
+
+
+def test_good_defaults_pass(tmp_path):
+    for overrides in ([], ["experiment=quickstart"], ["experiment=mnist_resnet"], ["debug=fdr"]):
+        validate_train(compose("train", overrides, output_dir=tmp_path))
+
+
+def test_eval_requires_a_checkpoint(tmp_path):
+    with pytest.raises(XtuneConfigError, match="ckpt_path is required"):
+        validate_eval(compose("eval", [], output_dir=tmp_path))
