@@ -118,6 +118,8 @@ def prefetch(name: str) -> str:
     cached = W.cached_file(cfg)
     if cached:
         return cached
+    if not W.hub_reachable():
+        raise W.unavailable(cfg)
     timm.create_model(name, pretrained=True)
     cached = W.cached_file(cfg)
     if cached is None:

@@ -49,7 +49,8 @@ class ClassificationModule(pl.LightningModule):
         images, targets = batch
         logits = self(images)
         loss = self.criterion(logits, targets)
-        getattr(self, f"{stage}_loss")(loss.detach())
+        # weighted by batch size: the epoch loss is the per-image mean whatever the batch size
+        getattr(self, f"{stage}_loss")(loss.detach(), weight=targets.shape[0])
         getattr(self, f"{stage}_acc")(logits.detach(), targets)
         metrics = {f"{stage}/loss": getattr(self, f"{stage}_loss"), f"{stage}/acc": getattr(self, f"{stage}_acc")}
         if self.top5:

@@ -53,8 +53,12 @@ def evaluate(cfg: DictConfig) -> float | None:
     checkpoint = read_checkpoint(cfg.ckpt_path)
     stored = checkpoint["xtune"]
     run = stored_config_with_overrides(stored["config"], cfg, list(HydraConfig.get().overrides.task))
-    print_config_tree(OmegaConf.create({"ckpt_path": cfg.ckpt_path, "data": run.data, "model": run.model,
-                                        "trainer": cfg.trainer}))
+    # what this evaluation runs with: the checkpoint's model and data, this command's trainer
+    shown = OmegaConf.create({
+        "ckpt_path": cfg.ckpt_path, "data": run.data, "model": run.model,
+        "trainer": OmegaConf.to_container(cfg.trainer, resolve=True),
+    })
+    print_config_tree(shown)
 
     datamodule = build(run.data, "data")
     if datamodule.classes != list(stored["classes"]):
@@ -74,7 +78,7 @@ def evaluate(cfg: DictConfig) -> float | None:
     loggers = build_all(cfg.get("logger"), "logger")
     trainer = build_trainer(cfg, [stats], loggers)
     run_dir = Path(cfg.paths.output_dir)
-    save_config(OmegaConf.merge(run, {"ckpt_path": cfg.ckpt_path, "trainer": cfg.trainer}), run_dir)
+    save_config(shown, run_dir)
 
     results = trainer.test(module, datamodule=datamodule)
     metrics = dict(results[0]) if results else {}
