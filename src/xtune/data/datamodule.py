@@ -1,0 +1,175 @@
+"""ImageDataModule: splits from a source, transforms from the backbone, loaders from the config."""
+
+from __future__ import annotations
+
+import inspect
+import os
+from typing import Callable
+
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader
+
+from xtune.data.datasets import EpochShuffle, TransformedSubset
+from xtune.data.sources import Source
+from xtune.errors import XtuneConfigError, XtuneDataError
+
+
+def _stratified_split(targets, indices, count, seed):
+    """Split `indices` into (kept, taken) with `count` taken, stratified by class when possible."""
+    from sklearn.model_selection import train_test_split
+
+    labels = [targets[i] for i in indices]
+    counts = {label: labels.count(label) for label in set(labels)}
+    stratify = labels if min(counts.values()) >= 2 else None
+    try:
+        kept, taken = train_test_split(indices, test_size=count, random_state=seed, stratify=stratify)
+    except ValueError:  # too few samples per class for a stratified split of this size
+        kept, taken = train_test_split(indices, test_size=count, random_state=seed)
+    return sorted(kept), sorted(taken)
+
+
+class ImageDataModule(pl.LightningDataModule):
+    """Train / val / test image classification data for any timm backbone.
+
+    Args mirror configs/data/*.yaml. `source` is a function returning a `Source`; `root` is passed
+    to it when set; `classes` keeps only those classes (by name), relabelled in the given order. Preprocessing keys (image_size, mean, std, interpolation, crop_pct) left null
+    take the backbone's pretrained data config; `augment` holds extra keyword arguments of
+    `timm.data.create_transform` for training.
+    """
+
+    def __init__(
+        self,
+        source: Callable[..., Source],
+        root: str | None = None,
+        classes: list | None = None,
+        batch_size: int = 64,
+        eval_batch_size: int | None = None,
+        num_workers: int | None = 0,
+        pin_memory: bool = False,
+        persistent_workers: bool = False,
+        drop_last: bool = False,
+        image_size: int | None = None,
+        mean: list | None = None,
+        std: list | None = None,
+        interpolation: str | None = None,
+        crop_pct: float | None = None,
+        augment: dict | None = None,
+        val_fraction: float = 0.1,
+        test_fraction: float = 0.2,
+        split_seed: int = 0,
+        shuffle_seed: int = 0,
+    ):
+        super().__init__()
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.num_workers = min(8, os.cpu_count() or 1) if num_workers is None else num_workers
+        self.pin_memory = pin_memory
+        self.persistent_workers = persistent_workers and self.num_workers > 0
+        self.drop_last = drop_last
+        self.preprocess = dict(
+            img_size=image_size, mean=mean, std=std, interpolation=interpolation, crop_pct=crop_pct
+        )
+        self.augment = dict(augment or {})
+        self.shuffle_seed = shuffle_seed
+        self.data_config: dict | None = None
+
+        loaded = self._load(source, root)
+        self.classes, label_map = self._select(loaded.classes, classes)
+        self.splits = self._split(loaded.splits, val_fraction, test_fraction, split_seed, label_map)
+
+    @staticmethod
+    def _load(source, root) -> Source:
+        takes_root = "root" in inspect.signature(source).parameters
+        if root is not None and not takes_root:
+            name = getattr(getattr(source, "func", source), "__name__", "this source")
+            raise XtuneConfigError(f"data source '{name}' takes no data.root; remove data.root")
+        return source(root=str(root)) if takes_root else source()
+
+    @staticmethod
+    def _select(names: list, keep: list | None) -> tuple[list, dict | None]:
+        """Class names to keep and the label map {source index: new index}; None keeps all."""
+        names = [str(name) for name in names]
+        if keep is None:
+            return names, None
+        keep = [str(name) for name in keep]
+        unknown = [name for name in keep if name not in names]
+        if unknown or not keep or len(set(keep)) != len(keep):
+            raise XtuneConfigError(
+                f"data.classes={keep}: pick distinct names among the source's classes {names}"
+            )
+        return keep, {names.index(name): i for i, name in enumerate(keep)}
+
+    @staticmethod
+    def _split(available: dict, val_fraction, test_fraction, seed, label_map) -> dict:
+        def subset(dataset, indices=None):
+            indices = range(len(dataset)) if indices is None else indices
+            if label_map is not None:
+                indices = [i for i in indices if dataset.targets[i] in label_map]
+            return TransformedSubset(dataset, indices, label_map=label_map)
+
+        base = available["train"]
+        pool = subset(base).indices
+        total = len(pool)  # fractions are of the whole training source
+        splits = {}
+        for name, fraction in (("test", test_fraction), ("val", val_fraction)):
+            count = round(fraction * total)
+            if name in available:
+                splits[name] = subset(available[name])
+            elif count > 0 and len(pool) > count:
+                pool, taken = _stratified_split(base.targets, pool, count, seed)
+                splits[name] = subset(base, taken)
+        if "val" not in splits:  # val_fraction 0: validate on the test split (the seed example's way)
+            splits["val"] = splits.get("test") or subset(base, [])
+        splits.setdefault("test", subset(base, []))
+        splits["train"] = subset(base, pool)
+        for name, dataset in splits.items():
+            if len(dataset) == 0:
+                raise XtuneDataError(
+                    f"the {name} split is empty ({len(base)} training images); add images or "
+                    "lower data.val_fraction / data.test_fraction"
+                )
+        return splits
+
+    def resolve_transforms(self, model: torch.nn.Module) -> dict:
+        """Build train/eval transforms from the model's pretrained data config (timm's own)."""
+        from timm.data import create_transform, resolve_data_config
+
+        args = {key: value for key, value in self.preprocess.items() if value is not None}
+        self.data_config = resolve_data_config(args, model=model)
+        train = create_transform(**self.data_config, is_training=True, **self.augment)
+        evaluation = create_transform(**self.data_config, is_training=False)
+        self.splits["train"].transform = train
+        for name in ("val", "test"):
+            self.splits[name].transform = evaluation
+        return self.data_config
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def _loader(self, name: str, **kwargs) -> DataLoader:
+        return DataLoader(
+            self.splits[name],
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.persistent_workers,
+            **kwargs,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        generator = torch.Generator()
+        sampler = EpochShuffle(len(self.splits["train"]), self.shuffle_seed, generator)
+        return self._loader(
+            "train",
+            batch_size=self.batch_size,
+            sampler=sampler,
+            generator=generator,
+            drop_last=self.drop_last,
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", batch_size=self.eval_batch_size)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", batch_size=self.eval_batch_size)

@@ -1,0 +1,104 @@
+"""Small dataset wrappers shared by the sources. They yield (PIL image or tensor, class index)."""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset, Sampler
+
+from xtune.errors import XtuneDataError
+
+
+class ArrayImages(Dataset):
+    """uint8 images held in memory, (N, H, W) grayscale or (N, H, W, 3) RGB, served as RGB PIL."""
+
+    def __init__(self, images: np.ndarray, targets: Sequence[int]):
+        if len(images) != len(targets):
+            raise XtuneDataError(f"{len(images)} images but {len(targets)} labels")
+        self.images = images
+        self.targets = [int(t) for t in targets]
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, index: int):
+        return Image.fromarray(self.images[index]).convert("RGB"), self.targets[index]
+
+
+class TensorImages(Dataset):
+    """`length` samples cycling through a pool of preprocessed image tensors (synthetic data).
+
+    Sample i is pool image i mod len(pool), labelled (i mod len(pool)) mod num_classes. Tensors
+    get no transform.
+    """
+
+    def __init__(self, pool: torch.Tensor, length: int, num_classes: int):
+        self.pool = pool
+        self.targets = [(i % len(pool)) % num_classes for i in range(length)]
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, index: int):
+        return self.pool[index % len(self.pool)], self.targets[index]
+
+
+class TransformedSubset(Dataset):
+    """`indices` of `base`, labels mapped through `label_map`, `transform` applied to PIL images
+    (tensors pass through)."""
+
+    def __init__(
+        self,
+        base: Dataset,
+        indices: Sequence[int],
+        transform: Callable | None = None,
+        label_map: dict | None = None,
+    ):
+        self.base = base
+        self.indices = list(indices)
+        self.transform = transform
+        self.label_map = label_map
+        targets = base.targets
+        self.targets = [self._label(targets[i]) for i in self.indices]
+
+    def _label(self, target: int) -> int:
+        return target if self.label_map is None else self.label_map[target]
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index: int):
+        image, target = self.base[self.indices[index]]
+        if self.transform is not None and isinstance(image, Image.Image):
+            image = self.transform(image)
+        return image, self._label(target)
+
+
+class EpochShuffle(Sampler[int]):
+    """A shuffle whose order depends only on (seed, epoch), so a resumed run sees the same order.
+
+    PyTorch's RandomSampler draws its order from the global RNG, which a resumed run does not
+    restore; Lightning calls `set_epoch` before every epoch. `generator` (also given to the
+    DataLoader) is re-seeded too, so DataLoader worker seeds are resume-proof as well.
+    """
+
+    def __init__(self, length: int, seed: int, generator: torch.Generator):
+        self.length = length
+        self.seed = seed
+        self.epoch = 0
+        self.generator = generator
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.generator.manual_seed(self.seed + epoch)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __iter__(self):
+        order = torch.Generator().manual_seed(self.seed + self.epoch)
+        return iter(torch.randperm(self.length, generator=order).tolist())
