@@ -131,3 +131,10 @@ def test_unreachable_hub_is_detected_quickly(hub_cache, monkeypatch):
 def test_architecture_without_pretrained_weights():
     with pytest.raises(XtuneConfigError, match="no pretrained weights for 'no_such_arch'"):
         W.pretrained_cfg("no_such_arch")
+
+
+def test_prefetch_returns_the_cached_file(hub_cache):
+    from xtune.models.backbone import prefetch
+
+    path = fake_hub_cache(hub_cache, "timm/test_resnet.r160_in1k", timm.create_model("test_resnet").state_dict())
+    assert prefetch("test_resnet") == str(path)

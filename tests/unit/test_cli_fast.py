@@ -48,3 +48,13 @@ def test_cfg_job_prints_the_composed_config(env):
                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0
     assert "name: test_resnet" in result.stdout and "pretrained: false" in result.stdout
+
+
+@pytest.mark.parametrize("script", ["xtune-train", "xtune-eval", "xtune-prefetch"])
+def test_console_scripts_are_installed(script, env):
+    import shutil
+
+    path = shutil.which(script) or str(ROOT / ".venv" / "bin" / script)
+    result = subprocess.run([path, "--help"], env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "Config groups" in result.stdout
