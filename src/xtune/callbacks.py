@@ -15,7 +15,6 @@ import math
 import time
 
 import pytorch_lightning as pl
-import torch
 
 from xtune.errors import XtuneError
 
@@ -34,9 +33,11 @@ class RunStats(pl.Callback):
         self.seconds = 0.0
         self._steps = 0
         self._last: float | None = None
+        self.first_step_at: float | None = None  # wall clock (time.time) of the first training step
 
-    def on_train_epoch_start(self, trainer, pl_module) -> None:
-        self._last = None  # time between epochs (validation) is not training time
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self.first_step_at is None:
+            self.first_step_at = time.time()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         now = time.perf_counter()
@@ -46,8 +47,9 @@ class RunStats(pl.Callback):
             self.seconds += now - self._last
         self._last = now
 
-    def on_validation_epoch_end(self, trainer, pl_module) -> None:
-        if trainer.sanity_checking:
+    def on_validation_end(self, trainer, pl_module) -> None:
+        # after the module's epoch-end logging: this epoch's val metrics are in callback_metrics
+        if trainer.sanity_checking or trainer.state.fn != "fit":
             return
         score = trainer.callback_metrics.get(self.monitor)
         if score is None:
@@ -56,19 +58,40 @@ class RunStats(pl.Callback):
         better = self.best_score is None or (score > self.best_score if self.mode == "max" else score < self.best_score)
         if better and math.isfinite(score):
             self.best_score, self.best_epoch = score, trainer.current_epoch
+        self._record(trainer, trainer.current_epoch)
 
+    # The module logs its train metrics in its own on_train_epoch_end, which Lightning calls after
+    # this callback's and before the checkpoint callbacks': so an epoch's row is filled in at every
+    # point where it may be complete (merging, never erasing), and a checkpoint holds it whole.
     def on_train_epoch_end(self, trainer, pl_module) -> None:
-        row = {"epoch": trainer.current_epoch}
-        for key, value in trainer.callback_metrics.items():
-            if key.startswith(("train/", "val/")) and not key.endswith("_step"):
-                row[key] = float(value)
-        self.history.append(row)
+        self._record(trainer, trainer.current_epoch)
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self._last = None  # time between epochs (validation) is not training time
+        if trainer.current_epoch > 0:
+            self._record(trainer, trainer.current_epoch - 1)
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        if trainer.current_epoch > 0:
+            self._record(trainer, trainer.current_epoch - 1)
+
+    def _record(self, trainer, epoch: int) -> None:
+        values = {key: float(value) for key, value in trainer.callback_metrics.items()
+                  if key.startswith(("train/", "val/")) and not key.endswith("_step") and value.numel() == 1}
+        if not values:
+            return
+        if self.history and self.history[-1]["epoch"] == epoch:
+            self.history[-1].update(values)
+        elif not self.history or self.history[-1]["epoch"] < epoch:
+            self.history.append({"epoch": epoch, **values})
 
     @property
     def images_per_second(self) -> float | None:
         return self.images / self.seconds if self.seconds > 0 else None
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        if trainer.state.fn == "fit" and not trainer.sanity_checking:
+            self._record(trainer, trainer.current_epoch)
         checkpoint["xtune_run_stats"] = {
             "history": self.history, "best_epoch": self.best_epoch, "best_score": self.best_score
         }
@@ -89,9 +112,13 @@ class FiniteLoss(pl.Callback):
         if trainer.global_step % self.every and batch_idx:
             return
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
-        if loss is not None and not torch.isfinite(loss).all():
+        if loss is None:
+            return
+        # read the (already computed) value on the host: a device-side isfinite() would add a graph
+        value = float(loss.detach())
+        if not math.isfinite(value):
             raise NonFiniteLossError(
-                f"training loss became {float(loss)} at epoch {trainer.current_epoch}, step "
+                f"training loss became {value} at epoch {trainer.current_epoch}, step "
                 f"{trainer.global_step}; lower optim.lr, add gradient clipping "
                 "(trainer.gradient_clip_val=1.0) or use trainer.precision=32-true"
             )

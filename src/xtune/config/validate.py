@@ -13,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from xtune.errors import XtuneConfigError
 
-PRECISIONS = {"64-true", "64", "32-true", "32", "16-mixed", "bf16-mixed", "16-true", "bf16-true",
+PRECISIONS = {"auto", "64-true", "64", "32-true", "32", "16-mixed", "bf16-mixed", "16-true", "bf16-true",
               "transformer-engine", "transformer-engine-float16"}
 
 

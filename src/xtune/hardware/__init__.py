@@ -1,1 +1,16 @@
-"""Hardware: what the run ran on. Profiles live in configs/trainer/; device-specific code lives here."""
+"""Hardware: profiles live in configs/trainer/; everything device-specific lives here.
+
+profile.py applies a profile (device checks, precision, backend switches, channels_last,
+device callbacks), strategies.py builds strategies that need Python objects (FSDP), xla.py
+holds all torch_xla code, info.py describes the hardware for run summaries.
+"""
+
+from xtune.hardware.profile import (
+    callbacks,
+    is_rank_zero,
+    prepare,
+    prepare_ddp_relaunch,
+    wants_channels_last,
+)
+
+__all__ = ["callbacks", "is_rank_zero", "prepare", "prepare_ddp_relaunch", "wants_channels_last"]

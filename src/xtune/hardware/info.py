@@ -1,4 +1,4 @@
-"""Describe the hardware a Trainer runs on, for the run summary."""
+"""Describe the hardware a run uses, for summaries and benchmarks."""
 
 from __future__ import annotations
 
@@ -17,12 +17,37 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def describe(trainer) -> dict:
+def tpu_name() -> str:
+    """'TPU v5 lite' etc. from the TPU VM's accelerator type, or XLA:CPU for readiness checks."""
+    import torch_xla.runtime as xr
+
+    if xr.device_type() != "TPU":
+        return f"XLA:{xr.device_type()} ({cpu_name()})"
+    accelerator = os.environ.get("TPU_ACCELERATOR_TYPE", "")  # e.g. v5litepod-8, v4-32, v6e-8
+    generation = accelerator.split("-")[0].replace("litepod", " lite").replace("pod", "")
+    return f"TPU {generation}".strip() if generation else "TPU"
+
+
+def device_name(kind: str, device=None) -> str:
     import torch
 
+    if kind == "cuda" and torch.cuda.is_available():
+        return torch.cuda.get_device_name(device)
+    if kind == "tpu":
+        return tpu_name()
+    if kind == "mps":
+        return "Apple MPS"
+    return cpu_name()
+
+
+def describe(trainer) -> dict:
     accelerator = type(trainer.accelerator).__name__.replace("Accelerator", "").lower()
-    info = {
+    kind = {"xla": "tpu", "xlacpu": "tpu"}.get(accelerator, accelerator)
+    root = trainer.strategy.root_device
+    return {
         "accelerator": accelerator,
+        "device_type": root.type,
+        "device_name": device_name(kind, root),
         "devices": trainer.num_devices,
         "nodes": trainer.num_nodes,
         "world_size": trainer.world_size,
@@ -31,8 +56,3 @@ def describe(trainer) -> dict:
         "cpu": cpu_name(),
         "cpu_count": os.cpu_count(),
     }
-    if accelerator == "cuda" and torch.cuda.is_available():
-        info["device_name"] = torch.cuda.get_device_name(trainer.strategy.root_device)
-    else:
-        info["device_name"] = info["cpu"] if accelerator == "cpu" else accelerator
-    return info

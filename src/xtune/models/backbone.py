@@ -58,6 +58,9 @@ def create_backbone(
     num_classes: int,
     pretrained: bool = True,
     weights: str | None = None,
+    image_size: int | None = None,
+    compile: bool = False,
+    compile_mode: str | None = None,
     **kwargs,
 ):
     """`timm.create_model(name, num_classes=...)` with weights from, in this order of choice:
@@ -68,6 +71,9 @@ def create_backbone(
     - `pretrained=True`: timm's pretrained tag, from the Hugging Face cache, else the Hub;
     - `pretrained=False`: random init.
 
+    `image_size` builds models with a fixed input size (ViTs) for that size, so their position
+    embeddings are resampled once when the weights load, not at every step. `compile` applies
+    torch.compile to the backbone in place (`nn.Module.compile`), so state dict keys stay plain.
     Other keyword arguments go to timm.create_model; None means "the model's default". The
     returned model carries `weight_source` (a string for the run summary).
     """
@@ -75,6 +81,8 @@ def create_backbone(
 
     check_model_name(name)
     kwargs = {key: value for key, value in kwargs.items() if value is not None}
+    if image_size and _fixed_input_size(name):
+        kwargs.setdefault("img_size", image_size)
     overlay, source = None, "none (random init)"
     if weights:
         path = Path(weights).expanduser().resolve()
@@ -98,7 +106,7 @@ def create_backbone(
             **kwargs,
         )
     except TypeError as error:
-        raise XtuneConfigError(f"timm model '{name}' rejects an argument: {error}") from None
+        raise XtuneConfigError(f"timm model '{name}' rejects an argument ({error}); remove it from model.*") from None
     except RuntimeError as error:
         if not weights:
             raise
@@ -106,7 +114,19 @@ def create_backbone(
         detail = next((line.strip() for line in first if "size mismatch" in line), first[0])
         raise XtuneConfigError(f"model.weights={weights} does not fit {name}: {detail}") from None
     model.weight_source = source
+    if compile:
+        model.compile(**({"mode": compile_mode} if compile_mode else {}))
     return model
+
+
+def _fixed_input_size(name: str) -> bool:
+    import timm
+
+    try:
+        cfg = timm.models.get_pretrained_cfg(name)
+    except RuntimeError:  # an unknown tag: reported where the weights are resolved
+        return False
+    return bool(cfg and cfg.fixed_input_size)
 
 
 def prefetch(name: str) -> str:

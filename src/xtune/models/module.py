@@ -7,8 +7,9 @@ from typing import Callable
 import pytorch_lightning as pl
 import torch
 from torch import nn
-from torchmetrics import MaxMetric, MeanMetric
-from torchmetrics.classification import MulticlassAccuracy
+from torchmetrics import MaxMetric
+
+from xtune.models.metrics import ClassificationTally
 
 
 class ClassificationModule(pl.LightningModule):
@@ -35,35 +36,48 @@ class ClassificationModule(pl.LightningModule):
         self.num_classes = num_classes
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
         self.top5 = num_classes > 5
-        for stage in ("train", "val", "test"):
-            setattr(self, f"{stage}_loss", MeanMetric())
-            setattr(self, f"{stage}_acc", MulticlassAccuracy(num_classes, average="micro"))
-            if self.top5:
-                setattr(self, f"{stage}_acc_top5", MulticlassAccuracy(num_classes, top_k=5, average="micro"))
-        self.val_acc_best = MaxMetric()
+        self.channels_last = False
+        # Counters only: nothing is read back to the host during an epoch (a host read stalls a
+        # GPU and cuts an XLA graph); a NaN loss is FiniteLoss's job.
+        self.train_metrics = ClassificationTally(num_classes)
+        self.val_metrics = ClassificationTally(num_classes)
+        self.test_metrics = ClassificationTally(num_classes)
+        self.val_acc_best = MaxMetric(nan_strategy="disable")
+
+    def use_channels_last(self) -> None:
+        """NHWC memory format for weights and batches (faster convolutions on tensor cores)."""
+        self.channels_last = True
+        self.backbone.to(memory_format=torch.channels_last)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.backbone(images)
 
     def _step(self, stage: str, batch) -> torch.Tensor:
         images, targets = batch
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
         logits = self(images)
         loss = self.criterion(logits, targets)
-        # weighted by batch size: the epoch loss is the per-image mean whatever the batch size
-        getattr(self, f"{stage}_loss")(loss.detach(), weight=targets.shape[0])
-        getattr(self, f"{stage}_acc")(logits.detach(), targets)
-        metrics = {f"{stage}/loss": getattr(self, f"{stage}_loss"), f"{stage}/acc": getattr(self, f"{stage}_acc")}
-        if self.top5:
-            getattr(self, f"{stage}_acc_top5")(logits.detach(), targets)
-            metrics[f"{stage}/acc_top5"] = getattr(self, f"{stage}_acc_top5")
-        on_step = stage == "train"
-        self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage != "test")
-        if on_step:
-            self.log("train/loss_step", loss.detach(), on_step=True, on_epoch=False, prog_bar=False)
+        # Metrics are only updated here and logged once per epoch (_log_epoch): every self.log
+        # call costs Lightning about a millisecond of Python, which a fast step cannot afford.
+        # update() only: calling a metric would also compute a per-batch value nobody reads.
+        getattr(self, f"{stage}_metrics").update(loss, logits.detach(), targets)
         return loss
 
+    def _log_epoch(self, stage: str) -> dict:
+        """Compute (synchronised across processes), log and reset one stage's epoch metrics."""
+        metric = getattr(self, f"{stage}_metrics")
+        values = {f"{stage}/{name}": value for name, value in metric.compute().items()
+                  if self.top5 or name in ("loss", "acc")}
+        metric.reset()
+        self.log_dict(values, prog_bar=stage == "val", sync_dist=True)
+        return values
+
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        return self._step("train", batch)
+        loss = self._step("train", batch)
+        if self.global_step % self.trainer.log_every_n_steps == 0:  # Lightning's logging cadence
+            self.log("train/loss_step", loss.detach())
+        return loss
 
     def validation_step(self, batch, batch_idx: int) -> None:
         self._step("val", batch)
@@ -75,11 +89,17 @@ class ClassificationModule(pl.LightningModule):
         # the sanity-check validation must not count as a best score
         self.val_acc_best.reset()
 
+    def on_train_epoch_end(self) -> None:
+        self._log_epoch("train")
+
     def on_validation_epoch_end(self) -> None:
-        if self.trainer.sanity_checking:
-            return
-        self.val_acc_best(self.val_acc.compute())
-        self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=True)
+        values = self._log_epoch("val")
+        if not self.trainer.sanity_checking:
+            self.val_acc_best.update(values["val/acc"])
+            self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=True, sync_dist=True)
+
+    def on_test_epoch_end(self) -> None:
+        self._log_epoch("test")
 
     def configure_optimizers(self):
         optimizer = self.optimizer_factory(self.backbone)

@@ -55,9 +55,6 @@ def build_trainer(cfg: DictConfig, callbacks: list, loggers: list):
     """The Lightning Trainer of the chosen hardware profile, with our callbacks and loggers."""
     from pytorch_lightning.callbacks import LearningRateMonitor
 
-    from xtune.hardware.checks import check_accelerator
-
-    check_accelerator(cfg.trainer.get("accelerator"))
     if not loggers:  # LearningRateMonitor refuses to run without a logger
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     return build(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False)

@@ -44,12 +44,13 @@ def evaluate(cfg: DictConfig) -> float | None:
 
     from hydra.core.hydra_config import HydraConfig
 
-    from xtune.callbacks import RunStats
+    from xtune import hardware
     from xtune.checkpoint import read_checkpoint
     from xtune.models.module import ClassificationModule
     from xtune.report import run_summary, write_summary
     from xtune.tasks.common import build, build_all, build_trainer, save_config
 
+    kind = hardware.prepare(cfg)
     checkpoint = read_checkpoint(cfg.ckpt_path)
     stored = checkpoint["xtune"]
     run = stored_config_with_overrides(stored["config"], cfg, list(HydraConfig.get().overrides.task))
@@ -74,9 +75,10 @@ def evaluate(cfg: DictConfig) -> float | None:
     module = ClassificationModule(backbone, datamodule.num_classes, optimizer=None)
     module.load_state_dict(checkpoint["state_dict"])
 
-    stats = RunStats()
+    if hardware.wants_channels_last((cfg.get("hardware") or {}).get("channels_last"), kind, backbone):
+        module.use_channels_last()
     loggers = build_all(cfg.get("logger"), "logger")
-    trainer = build_trainer(cfg, [stats], loggers)
+    trainer = build_trainer(cfg, hardware.callbacks(cfg, kind), loggers)
     run_dir = Path(cfg.paths.output_dir)
     save_config(shown, run_dir)
 

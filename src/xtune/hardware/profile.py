@@ -1,0 +1,189 @@
+"""Apply a hardware profile (configs/trainer/*.yaml) before the Trainer is built.
+
+Everything device-specific happens here: which device `accelerator` means on this machine,
+whether it is really there, which precision it runs, TF32 and cudnn switches, channels_last,
+and the callbacks a device needs. Model and data code never ask which device they are on.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+from omegaconf import DictConfig, open_dict
+
+from xtune.errors import XtuneConfigError
+
+log = logging.getLogger("xtune")
+
+#: precisions each kind of device runs well; the first is what precision=auto picks
+#: (for CUDA, auto picks bf16-mixed only where the GPU has bf16)
+PRECISIONS = {
+    "cpu": ("32-true", "64-true", "bf16-mixed", "bf16-true"),
+    "cuda": ("bf16-mixed", "16-mixed", "32-true", "bf16-true", "16-true", "64-true",
+             "transformer-engine", "transformer-engine-float16"),
+    "tpu": ("bf16-true", "32-true"),
+    "mps": ("32-true", "16-mixed", "bf16-mixed"),
+}
+WHY_NOT = {
+    ("tpu", "bf16-mixed"): "Lightning's XLA precision refuses it; use bf16-true",
+    ("tpu", "16-true"): "torch_xla 2.9 ignores it and silently runs fp32; use bf16-true",
+    ("tpu", "16-mixed"): "XLA has no fp16 autocast; use bf16-true",
+    ("cpu", "16-mixed"): "fp16 is not accelerated on CPUs; use 32-true (or bf16-mixed on CPUs with AMX)",
+    ("cpu", "16-true"): "fp16 is not accelerated on CPUs; use 32-true",
+}
+
+
+def xla_available() -> bool:
+    try:
+        import torch_xla  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def device_kind(accelerator) -> str:
+    """cpu, cuda, tpu (any XLA device) or mps: what `trainer.accelerator` means on this machine."""
+    if isinstance(accelerator, (dict, DictConfig)):  # an Accelerator instance from its config
+        target = str(accelerator.get("_target_", ""))
+        return "tpu" if "xla" in target.lower() else "cpu"
+    name = str(accelerator or "auto").lower()
+    if name == "auto":
+        import torch
+
+        if xla_available():
+            from pytorch_lightning.accelerators import XLAAccelerator
+
+            if XLAAccelerator.is_available():
+                return "tpu"
+        if torch.cuda.is_available():
+            return "cuda"
+        if torch.backends.mps.is_available():
+            return "mps"
+        return "cpu"
+    return {"gpu": "cuda", "xla": "tpu"}.get(name, name)
+
+
+def check_available(kind: str, accelerator) -> None:
+    """Refuse a device this machine does not have, saying what to do instead."""
+    import torch
+
+    if kind == "cuda" and not torch.cuda.is_available():
+        build = f"CUDA {torch.version.cuda} build" if torch.version.cuda else "CPU-only build"
+        raise XtuneConfigError(
+            f"trainer.accelerator={accelerator} but no CUDA GPU is visible (torch {torch.__version__}, "
+            f"{build}); use trainer=cpu here, or run on a machine with a GPU"
+        )
+    if kind == "mps" and not torch.backends.mps.is_available():
+        raise XtuneConfigError("trainer.accelerator=mps but Apple MPS is not available; use trainer=cpu")
+    if kind == "tpu":
+        if not xla_available():
+            raise XtuneConfigError(
+                "trainer=tpu needs torch_xla: on the TPU VM run pip install -e \".[tpu]\" "
+                "(pins torch==2.9.0, torchvision==0.24.0, torch_xla[tpu]==2.9.0)"
+            )
+        if isinstance(accelerator, (dict, DictConfig)):
+            return  # xla_cpu: our accelerator finds the XLA:CPU device itself
+        from pytorch_lightning.accelerators import XLAAccelerator
+
+        if not XLAAccelerator.is_available():
+            import torch_xla
+
+            raise XtuneConfigError(
+                f"trainer=tpu but no TPU is attached to this machine (torch_xla {torch_xla.__version__}); "
+                "run on a TPU VM, or check XLA readiness here with xtune-xla-check (XLA on CPU)"
+            )
+
+
+def resolve_precision(kind: str, precision) -> str:
+    """precision=auto made concrete, and precisions the device cannot run refused."""
+    import torch
+
+    precision = str(precision)
+    if precision == "auto":
+        if kind == "cuda":
+            return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+        return PRECISIONS.get(kind, ("32-true",))[0]
+    allowed = PRECISIONS.get(kind)
+    if allowed is not None and precision not in allowed:
+        why = WHY_NOT.get((kind, precision), f"{kind} runs {', '.join(allowed)}")
+        raise XtuneConfigError(f"trainer.precision={precision} is not supported on {kind}: {why}")
+    if kind == "cuda" and precision.startswith("bf16") and not torch.cuda.is_bf16_supported():
+        raise XtuneConfigError(
+            f"trainer.precision={precision} but {torch.cuda.get_device_name()} has no bf16; "
+            "use trainer.precision=16-mixed (or precision=auto)"
+        )
+    return precision
+
+
+def prepare(cfg: DictConfig) -> str:
+    """Check and complete cfg.trainer for this machine; set global backend switches.
+
+    Returns the device kind. Called before the Trainer is built.
+    """
+    import torch
+
+    accelerator = cfg.trainer.get("accelerator")
+    kind = device_kind(accelerator)
+    check_available(kind, accelerator)
+    precision = resolve_precision(kind, cfg.trainer.get("precision", "32-true"))
+    with open_dict(cfg):
+        cfg.trainer.precision = precision
+    hardware = cfg.get("hardware") or {}
+    if hardware.get("matmul_precision"):
+        torch.set_float32_matmul_precision(hardware.matmul_precision)
+        torch.backends.cudnn.allow_tf32 = hardware.matmul_precision != "highest"
+    if kind == "tpu":
+        os.environ.setdefault("PJRT_DEVICE", "TPU")
+    return kind
+
+
+def wants_channels_last(setting, kind: str, backbone) -> bool:
+    """channels_last: true/false, or auto = convolutional backbones on a GPU."""
+    import torch
+
+    if setting in (True, "true", "True"):
+        return True
+    if setting != "auto" or kind not in ("cuda", "mps"):
+        return False
+    convolutions = sum(isinstance(m, torch.nn.Conv2d) for m in backbone.modules())
+    return convolutions > 1  # a ViT has one (its patch embedding)
+
+
+def callbacks(cfg: DictConfig, kind: str) -> list:
+    """Callbacks a device needs (not user options)."""
+    hardware = cfg.get("hardware") or {}
+    devices = cfg.trainer.get("devices")
+    if kind == "tpu" and hardware.get("xla_sync_eval") and str(devices) in ("1", "[0]"):
+        from xtune.hardware.xla import SyncEachEvalBatch
+
+        return [SyncEachEvalBatch()]
+    return []
+
+
+def prepare_ddp_relaunch() -> None:
+    """Make Lightning's DDP subprocess launcher re-run exactly this job.
+
+    Lightning starts ranks 1..N-1 by re-running sys.argv plus hydra.run.dir=<hydra.run.dir>.
+    That dir holds ${now:...}, which would be evaluated again (a different directory), and in a
+    multirun sys.argv is the whole sweep (-m a=1,2). So: pin run.dir to this job's directory and
+    make sys.argv this job's own overrides.
+    """
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import read_write
+
+    if not HydraConfig.initialized():
+        return
+    hydra_cfg = HydraConfig.instance().cfg
+    with read_write(hydra_cfg.hydra.run):
+        hydra_cfg.hydra.run.dir = hydra_cfg.hydra.runtime.output_dir
+    sys.argv = [sys.argv[0], *hydra_cfg.hydra.overrides.task]
+
+
+def is_rank_zero() -> bool:
+    """Rank of this process from the launcher's environment (before Lightning sets anything up)."""
+    for key in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
+        if os.environ.get(key, "0") not in ("", "0"):
+            return False
+    return True
