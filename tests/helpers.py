@@ -94,3 +94,24 @@ def write_mnist_idx(root: Path, compress: bool = False, train_size: int = 1400) 
         else:
             (root / name).write_bytes(data)
     return root
+
+
+def compose(config_name: str = "train", overrides=(), output_dir: Path | None = None):
+    """Compose the real configs as the CLI does, with Hydra's runtime values set."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    from xtune.config import CONFIG_DIR
+    from xtune.config.resolvers import register
+
+    register()
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = hydra_compose(config_name=config_name, overrides=list(overrides), return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(output_dir or ROOT / "logs" / "unused")
+        cfg.hydra.runtime.cwd = str(ROOT)
+        cfg.hydra.job.num = 0
+    HydraConfig.instance().set_config(cfg)
+    return cfg

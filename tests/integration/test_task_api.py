@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from conftest import compose
+from helpers import compose
 from helpers import ROOT, offline_env
 
 pytestmark = pytest.mark.slow

@@ -6,7 +6,7 @@ import pytest
 from hydra.utils import get_method, get_class
 from omegaconf import OmegaConf
 
-from conftest import compose
+from helpers import compose
 from xtune.config import CONFIG_DIR
 
 CONFIGS = Path(CONFIG_DIR)

@@ -2,7 +2,7 @@
 
 import pytest
 
-from conftest import compose
+from helpers import compose
 from xtune.config.validate import validate_eval, validate_train
 from xtune.errors import XtuneConfigError
 

@@ -17,24 +17,15 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def tpu_name() -> str:
-    """'TPU v5 lite' etc. from the TPU VM's accelerator type, or XLA:CPU for readiness checks."""
-    import torch_xla.runtime as xr
-
-    if xr.device_type() != "TPU":
-        return f"XLA:{xr.device_type()} ({cpu_name()})"
-    accelerator = os.environ.get("TPU_ACCELERATOR_TYPE", "")  # e.g. v5litepod-8, v4-32, v6e-8
-    generation = accelerator.split("-")[0].replace("litepod", " lite").replace("pod", "")
-    return f"TPU {generation}".strip() if generation else "TPU"
-
-
 def device_name(kind: str, device=None) -> str:
     import torch
 
     if kind == "cuda" and torch.cuda.is_available():
         return torch.cuda.get_device_name(device)
     if kind == "tpu":
-        return tpu_name()
+        from xtune.hardware import xla
+
+        return xla.device_name(cpu_name())
     if kind == "mps":
         return "Apple MPS"
     return cpu_name()

@@ -36,11 +36,10 @@ WHY_NOT = {
 
 
 def xla_available() -> bool:
-    try:
-        import torch_xla  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    """torch_xla importable? (checked without importing Lightning's XLA code)"""
+    import importlib.util
+
+    return importlib.util.find_spec("torch_xla") is not None
 
 
 def device_kind(accelerator) -> str:
@@ -53,9 +52,9 @@ def device_kind(accelerator) -> str:
         import torch
 
         if xla_available():
-            from pytorch_lightning.accelerators import XLAAccelerator
+            from xtune.hardware import xla
 
-            if XLAAccelerator.is_available():
+            if xla.tpu_attached():
                 return "tpu"
         if torch.cuda.is_available():
             return "cuda"
@@ -85,13 +84,11 @@ def check_available(kind: str, accelerator) -> None:
             )
         if isinstance(accelerator, (dict, DictConfig)):
             return  # xla_cpu: our accelerator finds the XLA:CPU device itself
-        from pytorch_lightning.accelerators import XLAAccelerator
+        from xtune.hardware import xla
 
-        if not XLAAccelerator.is_available():
-            import torch_xla
-
+        if not xla.tpu_attached():
             raise XtuneConfigError(
-                f"trainer=tpu but no TPU is attached to this machine (torch_xla {torch_xla.__version__}); "
+                f"trainer=tpu but no TPU is attached to this machine (torch_xla {xla.version()}); "
                 "run on a TPU VM, or check XLA readiness here with xtune-xla-check (XLA on CPU)"
             )
 

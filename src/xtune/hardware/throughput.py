@@ -61,7 +61,7 @@ def train_step_flops(model: torch.nn.Module, batch_size: int, input_size, num_cl
 
     probe = copy.deepcopy(model).float().cpu()
     probe.train()
-    counted_batch = min(batch_size, 2)  # FLOPs scale linearly with the batch
+    counted_batch = 2  # FLOPs scale linearly with the batch (and BatchNorm needs 2 in training mode)
     images = torch.randn(counted_batch, *input_size)
     targets = torch.randint(0, num_classes, (counted_batch,))
     with FlopCounterMode(display=False) as counter:
@@ -75,12 +75,10 @@ def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     elif device.type == "xla":
-        from xtune.hardware.xla import sync
+        from xtune.hardware import xla
 
-        sync()
-        import torch_xla.core.xla_model as xm
-
-        xm.wait_device_ops()
+        xla.sync()
+        xla.wait()
 
 
 def peak_memory_bytes(device: torch.device) -> int | None:

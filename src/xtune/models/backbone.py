@@ -61,6 +61,7 @@ def create_backbone(
     image_size: int | None = None,
     compile: bool = False,
     compile_mode: str | None = None,
+    compile_backend: str | None = None,
     **kwargs,
 ):
     """`timm.create_model(name, num_classes=...)` with weights from, in this order of choice:
@@ -115,7 +116,8 @@ def create_backbone(
         raise XtuneConfigError(f"model.weights={weights} does not fit {name}: {detail}") from None
     model.weight_source = source
     if compile:
-        model.compile(**({"mode": compile_mode} if compile_mode else {}))
+        options = {"mode": compile_mode, "backend": compile_backend}
+        model.compile(**{key: value for key, value in options.items() if value})
     return model
 
 

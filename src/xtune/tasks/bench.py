@@ -76,9 +76,9 @@ def _device(kind: str):
     if kind == "cuda":
         return torch.device("cuda", 0)
     if kind == "tpu":
-        import torch_xla
+        from xtune.hardware import xla
 
-        return torch_xla.device()
+        return xla.device()
     return torch.device(kind)
 
 

@@ -1,0 +1,106 @@
+"""Hardware profiles: each composes and builds its Trainer here, or refuses in one clear line."""
+
+import pytest
+import timm
+import torch
+
+from helpers import compose
+from xtune import hardware
+from xtune.errors import XtuneConfigError
+from xtune.hardware.profile import resolve_precision
+from xtune.tasks.common import build_trainer
+
+HAS_XLA = hardware.profile.xla_available()
+
+
+@pytest.mark.parametrize("profile,strategy,devices,precision", [
+    ("default", "SingleDeviceStrategy", 1, "32-true"),
+    ("cpu", "SingleDeviceStrategy", 1, "32-true"),
+    ("auto", "SingleDeviceStrategy", 1, "32-true"),
+    ("ddp_sim", "DDPStrategy", 2, "32-true"),
+])
+def test_cpu_profiles_build_their_trainer(tmp_path, profile, strategy, devices, precision):
+    cfg = compose("train", [f"trainer={profile}"], output_dir=tmp_path)
+    assert hardware.prepare(cfg) == "cpu"
+    trainer = build_trainer(cfg, [], [])
+    assert type(trainer.strategy).__name__ == strategy
+    assert trainer.num_devices == devices
+    assert str(trainer.precision) == precision
+
+
+@pytest.mark.parametrize("profile", ["gpu", "ddp", "fsdp"])
+def test_gpu_profiles_refuse_clearly_without_cuda(tmp_path, profile):
+    cfg = compose("train", [f"trainer={profile}"], output_dir=tmp_path)
+    assert cfg.trainer.precision == "auto" and cfg.hardware.channels_last == "auto"
+    assert cfg.hardware.matmul_precision == "high" and cfg.data.pin_memory is True
+    with pytest.raises(XtuneConfigError, match="no CUDA GPU is visible.*use trainer=cpu"):
+        hardware.prepare(cfg)
+
+
+@pytest.mark.skipif(HAS_XLA, reason="this environment has torch_xla")
+@pytest.mark.parametrize("profile", ["tpu", "xla_cpu"])
+def test_tpu_profiles_name_the_extra_to_install(tmp_path, profile):
+    cfg = compose("train", [f"trainer={profile}"], output_dir=tmp_path)
+    assert cfg.trainer.precision == "bf16-true" and cfg.data.drop_last is True
+    assert cfg.hardware.xla_sync_eval is True and cfg.trainer.log_every_n_steps >= 50
+    with pytest.raises(XtuneConfigError, match=r"needs torch_xla: .*pip install -e \"\.\[tpu\]\""):
+        hardware.prepare(cfg)
+
+
+@pytest.mark.parametrize("kind,precision,message", [
+    ("tpu", "bf16-mixed", "Lightning's XLA precision refuses it; use bf16-true"),
+    ("tpu", "16-true", "silently runs fp32"),
+    ("tpu", "16-mixed", "XLA has no fp16 autocast"),
+    ("cpu", "16-mixed", "fp16 is not accelerated on CPUs"),
+])
+def test_precisions_a_device_cannot_run_are_refused(kind, precision, message):
+    with pytest.raises(XtuneConfigError, match=f"trainer.precision={precision} is not supported on {kind}: .*{message}"):
+        resolve_precision(kind, precision)
+
+
+def test_auto_precision_per_device():
+    assert resolve_precision("cpu", "auto") == "32-true"
+    assert resolve_precision("tpu", "auto") == "bf16-true"
+    assert resolve_precision("tpu", "bf16-true") == "bf16-true"
+
+
+def test_cpu_profile_refuses_fp16_end_to_end(tmp_path):
+    cfg = compose("train", ["trainer=cpu", "trainer.precision=16-mixed"], output_dir=tmp_path)
+    with pytest.raises(XtuneConfigError, match="not supported on cpu"):
+        hardware.prepare(cfg)
+
+
+def test_channels_last_auto_means_convolutional_backbones_on_gpus():
+    resnet = timm.create_model("test_resnet", num_classes=3)
+    vit = timm.create_model("test_vit", num_classes=3)
+    assert hardware.wants_channels_last("auto", "cuda", resnet) is True
+    assert hardware.wants_channels_last("auto", "cuda", vit) is False
+    assert hardware.wants_channels_last("auto", "cpu", resnet) is False
+    assert hardware.wants_channels_last(True, "cpu", vit) is True
+    assert hardware.wants_channels_last(False, "cuda", resnet) is False
+
+
+def test_channels_last_module_trains(tmp_path):
+    from functools import partial
+
+    from timm.optim import create_optimizer_v2
+
+    from xtune.models.module import ClassificationModule
+
+    module = ClassificationModule(timm.create_model("test_resnet", num_classes=3), 3,
+                                  partial(create_optimizer_v2, opt="sgd", lr=0.1))
+    module.use_channels_last()
+    conv = next(m for m in module.backbone.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    loss = module._step("train", (torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 0])))
+    loss.backward()
+    assert torch.isfinite(loss)
+
+
+def test_vit_is_built_at_the_data_image_size():
+    from xtune.models import create_backbone
+
+    model = create_backbone("test_vit", num_classes=3, pretrained=False, image_size=64)
+    assert tuple(model.patch_embed.img_size) == (64, 64)
+    resnet = create_backbone("test_resnet", num_classes=3, pretrained=False, image_size=64)
+    assert resnet.fc.out_features == 3  # no img_size for models without a fixed input size
