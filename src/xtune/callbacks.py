@@ -34,6 +34,7 @@ class RunStats(pl.Callback):
         self._steps = 0
         self._last: float | None = None
         self.first_step_at: float | None = None  # wall clock (time.time) of the first training step
+        self.memory: dict = {}
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if self.first_step_at is None:
@@ -85,6 +86,16 @@ class RunStats(pl.Callback):
         elif not self.history or self.history[-1]["epoch"] < epoch:
             self.history.append({"epoch": epoch, **values})
 
+    def on_train_start(self, trainer, pl_module) -> None:
+        try:  # reset the process's peak resident memory (Linux), to read the fit's own peak later
+            with open("/proc/self/clear_refs", "w") as handle:
+                handle.write("5")
+        except OSError:
+            pass
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self.memory = memory_report(trainer, pl_module)
+
     @property
     def images_per_second(self) -> float | None:
         return self.images / self.seconds if self.seconds > 0 else None
@@ -135,3 +146,63 @@ class StoreRunInfo(pl.Callback):
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
         checkpoint["xtune"] = self.info
+
+
+class ReseedEveryStep(pl.Callback):
+    """Seed Python, NumPy and torch from (seed, batch index, rank) before every training batch.
+
+    A resumed run does not get the global RNG state back (and the RNG is consumed between
+    hooks), so augmentation in the main process, mixup and dropout / drop-path would draw other
+    numbers than the uninterrupted run. Seeding from the batch index makes them functions of
+    where the run is, so a resumed run continues the same curve. DataLoader workers get their
+    seeds from the epoch-seeded loader generator (xtune.data.datasets.EpochShuffle).
+    """
+
+    def __init__(self, seed: int):
+        self.seed = int(seed)
+
+    def _reseed(self, trainer, position: int) -> None:
+        import random
+
+        import numpy as np
+        import torch
+
+        value = (self.seed * 1_000_003 + position * 7_919 + trainer.global_rank * 104_729) % (2**31 - 1)
+        random.seed(value)
+        np.random.seed(value)
+        torch.manual_seed(value)
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        # the epoch's first batches are loaded before on_train_batch_start of batch 0
+        self._reseed(trainer, 10**7 + trainer.current_epoch)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._reseed(trainer, trainer.fit_loop.epoch_loop.total_batch_idx)
+
+
+def memory_report(trainer, pl_module) -> dict:
+    """Peak memory of the fit: device (CUDA), process RSS (Linux), and the training state."""
+    import torch
+
+    def mb(value):
+        return round(value / 2**20, 1) if value else None
+
+    params = sum(p.numel() * p.element_size() for p in pl_module.parameters())
+    grads = sum(p.numel() * p.element_size() for p in pl_module.parameters() if p.requires_grad)
+    optimizer_state = sum(
+        t.numel() * t.element_size()
+        for optimizer in trainer.optimizers for state in optimizer.state.values()
+        for t in state.values() if torch.is_tensor(t)
+    )
+    device = trainer.strategy.root_device
+    peak_rss = None
+    try:
+        with open("/proc/self/status") as handle:
+            peak_rss = next(int(line.split()[1]) * 1024 for line in handle if line.startswith("VmHWM"))
+    except (OSError, StopIteration, ValueError):
+        pass
+    return {
+        "peak_device_mb": mb(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else None,
+        "peak_process_rss_mb": mb(peak_rss),
+        "training_state_mb": mb(params + grads + optimizer_state),  # weights + gradients + optimizer state
+    }

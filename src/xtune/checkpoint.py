@@ -46,3 +46,26 @@ def check_resume_fits(checkpoint: dict, path, model_name: str, classes: list) ->
             f"{stored['classes'][:5]}..., this data has {len(classes)} {list(classes)[:5]}...; "
             "resume on the same data"
         )
+
+
+def module_from_checkpoint(checkpoint: dict, run, compile: bool | None = None):
+    """Rebuild the ClassificationModule a checkpoint was saved from, its weights loaded.
+
+    `run` is the training config stored in the checkpoint (possibly with overrides). The
+    backbone is built without asking for pretrained weights (they come from the checkpoint),
+    and the fine-tuning strategy prepares it the same way as in training (LoRA adapters).
+    """
+    from xtune.models.finetune import Strategy
+    from xtune.models.module import ClassificationModule
+    from xtune.tasks.common import build
+
+    classes = list(checkpoint["xtune"]["classes"])
+    strategy = build(run.finetune, "finetune") if run.get("finetune") else Strategy()
+    overrides = {"pretrained": False, "weights": None}
+    if compile is not None:
+        overrides["compile"] = compile
+    backbone = build(run.model, "model")(num_classes=len(classes), **overrides)
+    backbone = strategy.prepare(backbone)
+    module = ClassificationModule(backbone, len(classes), optimizer=None)
+    module.load_state_dict(checkpoint["state_dict"])
+    return module, strategy

@@ -19,6 +19,7 @@ USAGE = {
     "train": "python train.py [group=option ...] [key=value ...]      (or xtune-train)",
     "eval": "python eval.py ckpt_path=RUN/checkpoints/best.ckpt [key=value ...]      (or xtune-eval)",
     "prefetch": "xtune-prefetch [group=option ...] [key=value ...]      (-m model=a,b for several)",
+    "export": "xtune-export ckpt_path=RUN/checkpoints/best.ckpt [export_dir=DIR]",
     "bench": "python bench.py [group=option ...] [bench.batch_sizes=[..] bench.precisions=[..] ...]",
     "xla_check": "xtune-xla-check [group=option ...] [key=value ...]      (XLA on CPU: needs the [tpu] extra)",
 }
@@ -132,3 +133,4 @@ evaluate = _main("eval", "xtune.tasks.evaluate:evaluate")
 prefetch = _main("prefetch", "xtune.tasks.prefetch:prefetch")
 xla_check = _main("xla_check", "xtune.tasks.xla_check:xla_check")
 bench = _main("bench", "xtune.tasks.bench:bench")
+export = _main("export", "xtune.tasks.export:export")

@@ -111,6 +111,7 @@ def run_summary(cfg, trainer, module, datamodule, stats, metrics: dict, started:
         "epochs_completed": trainer.current_epoch,
         "global_step": trainer.global_step,
         "throughput": {"train_images_per_second": _number(ips)},
+        "memory": getattr(stats, "memory", None) or None,
         "timing": {
             "first_step_at": getattr(stats, "first_step_at", None),
             "setup_s": _number(stats.first_step_at - started) if getattr(stats, "first_step_at", None) else None,

@@ -54,6 +54,7 @@ def _common(cfg: DictConfig) -> None:
     _number(cfg, "data.crop_pct", low=0, low_open=True, high=1, optional=True)
     for key in ("data.val_fraction", "data.test_fraction"):
         _number(cfg, key, low=0, high=1, high_open=True)
+    _number(cfg, "data.train_fraction", low=0, low_open=True, high=1)
     fractions = (_get(cfg, "data.val_fraction") or 0) + (_get(cfg, "data.test_fraction") or 0)
     if fractions >= 1:
         raise XtuneConfigError(
@@ -66,7 +67,7 @@ def _common(cfg: DictConfig) -> None:
     weights = _get(cfg, "model.weights")
     if weights:
         path = Path(str(weights)).expanduser()
-        if not path.is_file():
+        if not path.exists():
             raise XtuneConfigError(
                 f"model.weights={weights}: no such file; pass a .safetensors/.pth/.bin weights file "
                 "or model.weights=null"

@@ -33,7 +33,8 @@ class ImageDataModule(pl.LightningDataModule):
     """Train / val / test image classification data for any timm backbone.
 
     Args mirror configs/data/*.yaml. `source` is a function returning a `Source`; `root` is passed
-    to it when set; `classes` keeps only those classes (by name), relabelled in the given order. Preprocessing keys (image_size, mean, std, interpolation, crop_pct) left null
+    to it when set; `classes` keeps only those classes (by name), relabelled in the given order;
+    `train_fraction` < 1 keeps a fixed stratified share of the training split (label budgets). Preprocessing keys (image_size, mean, std, interpolation, crop_pct) left null
     take the backbone's pretrained data config; `augment` holds extra keyword arguments of
     `timm.data.create_transform` for training.
     """
@@ -57,6 +58,7 @@ class ImageDataModule(pl.LightningDataModule):
         augment: dict | None = None,
         val_fraction: float = 0.1,
         test_fraction: float = 0.2,
+        train_fraction: float = 1.0,
         split_seed: int = 0,
         shuffle_seed: int = 0,
     ):
@@ -77,6 +79,12 @@ class ImageDataModule(pl.LightningDataModule):
         loaded = self._load(source, root)
         self.classes, label_map = self._select(loaded.classes, classes)
         self.splits = self._split(loaded.splits, val_fraction, test_fraction, split_seed, label_map)
+        if train_fraction < 1.0:  # a low-label regime: a fixed, stratified share of the training split
+            train = self.splits["train"]
+            count = max(round(train_fraction * len(train)), self.num_classes)
+            _, kept = _stratified_split(train.targets, list(range(len(train))), count, split_seed)
+            self.splits["train"] = TransformedSubset(train.base, [train.indices[i] for i in kept],
+                                                      label_map=train.label_map)
 
     @staticmethod
     def _load(source, root) -> Source:

@@ -15,26 +15,38 @@ from xtune.models.metrics import ClassificationTally
 class ClassificationModule(pl.LightningModule):
     """Fine-tunes `backbone` (a timm model whose head has `num_classes` outputs).
 
-    `optimizer(model) -> Optimizer` and `scheduler(optimizer, num_epochs, updates_per_epoch)` are
-    partials of timm's `create_optimizer_v2` / `create_scheduler_v2` (configs/optim,
-    configs/scheduler); the scheduler is stepped per optimizer update. Logs train/*, val/*,
-    test/* loss and top-1 accuracy (top-5 when there are more than 5 classes) and val/acc_best.
+    `optimizer(model, lr=...) -> Optimizer` and `scheduler(optimizer, num_epochs,
+    updates_per_epoch)` are partials of timm's `create_optimizer_v2` / `create_scheduler_v2`
+    (configs/optim, configs/scheduler); the scheduler is stepped per optimizer update.
+    `optimizer_kwargs` come from the fine-tuning strategy (param groups, layer decay); `mixup`
+    is a partial of timm's Mixup (soft targets, trained with soft-target cross-entropy).
+    `self.lr` is the learning rate (Lightning's LR finder sets it). Logs train/*, val/*, test/*
+    loss and top-1 accuracy (top-5 when there are more than 5 classes) and val/acc_best.
     """
 
     def __init__(
         self,
         backbone: nn.Module,
         num_classes: int,
-        optimizer: Callable,
+        optimizer: Callable | None,
         scheduler: Callable | None = None,
         label_smoothing: float = 0.0,
+        mixup: Callable | None = None,
+        optimizer_kwargs: dict | None = None,
     ):
         super().__init__()
         self.backbone = backbone
         self.optimizer_factory = optimizer
+        self.optimizer_kwargs = dict(optimizer_kwargs or {})
+        self.lr = getattr(optimizer, "keywords", {}).get("lr")
         self.scheduler_factory = scheduler
         self.num_classes = num_classes
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+        self.mixup = mixup(num_classes=num_classes, label_smoothing=label_smoothing) if mixup else None
+        if self.mixup is not None:
+            from timm.loss import SoftTargetCrossEntropy
+
+            self.soft_criterion = SoftTargetCrossEntropy()
         self.top5 = num_classes > 5
         self.channels_last = False
         # Counters only: nothing is read back to the host during an epoch (a host read stalls a
@@ -56,6 +68,15 @@ class ClassificationModule(pl.LightningModule):
         images, targets = batch
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
+        if stage == "train" and self.mixup is not None:
+            if images.shape[0] % 2:  # timm's Mixup mixes pairs
+                images, targets = images[:-1], targets[:-1]
+            mixed, soft_targets = self.mixup(images, targets)
+            logits = self(mixed)
+            loss = self.soft_criterion(logits, soft_targets)
+            # train accuracy is measured against the dominant (original) label of each image
+            self.train_metrics.update(loss, logits.detach(), targets)
+            return loss
         logits = self(images)
         loss = self.criterion(logits, targets)
         # Metrics are only updated here and logged once per epoch (_log_epoch): every self.log
@@ -102,8 +123,13 @@ class ClassificationModule(pl.LightningModule):
         self._log_epoch("test")
 
     def configure_optimizers(self):
-        optimizer = self.optimizer_factory(self.backbone)
+        lr = {} if self.lr is None else {"lr": self.lr}
+        optimizer = self.optimizer_factory(self.backbone, **lr, **self.optimizer_kwargs)
         if self.scheduler_factory is None:
+            # timm's schedulers apply each group's lr_scale (layer decay, backbone scale); without
+            # one, apply it once here
+            for group in optimizer.param_groups:
+                group["lr"] = group["lr"] * group.get("lr_scale", 1.0)
             return optimizer
         epochs = max(int(self.trainer.max_epochs or 1), 1)
         updates = max(int(self.trainer.estimated_stepping_batches) // epochs, 1)
@@ -115,8 +141,12 @@ class ClassificationModule(pl.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def lr_scheduler_step(self, scheduler, metric) -> None:
-        # timm schedulers are stepped with the number of updates done so far
-        scheduler.step_update(num_updates=self.global_step)
+        # timm schedulers are stepped with the number of updates done so far; Lightning's LR
+        # finder swaps in a torch scheduler of its own
+        if hasattr(scheduler, "step_update"):
+            scheduler.step_update(num_updates=self.global_step)
+        else:
+            scheduler.step()
 
     def parameter_counts(self) -> dict:
         total = sum(p.numel() for p in self.backbone.parameters())

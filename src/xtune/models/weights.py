@@ -93,6 +93,11 @@ def read_state_dict(path: Path) -> dict:
     """A local weights file as a state dict, read by timm (safetensors, torch, EMA-aware)."""
     from timm.models import load_state_dict
 
+    if path.is_dir():  # an export directory (model.safetensors + config.json)
+        found = [path / name for name in ("model.safetensors", "pytorch_model.bin") if (path / name).is_file()]
+        if not found:
+            raise XtuneConfigError(f"model.weights={path} is a folder without model.safetensors or pytorch_model.bin")
+        path = found[0]
     if not path.is_file():
         raise XtuneConfigError(
             f"model.weights={path}: no such file; pass a {'/'.join(WEIGHT_SUFFIXES)} weights file"

@@ -47,6 +47,7 @@ def resolved(cfg: DictConfig) -> dict:
 
 def save_config(cfg: DictConfig, run_dir: Path) -> dict:
     container = resolved(cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(container)))
     return container
 

@@ -45,8 +45,7 @@ def evaluate(cfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
 
     from xtune import hardware
-    from xtune.checkpoint import read_checkpoint
-    from xtune.models.module import ClassificationModule
+    from xtune.checkpoint import module_from_checkpoint, read_checkpoint
     from xtune.report import run_summary, write_summary
     from xtune.tasks.common import build, build_all, build_trainer, save_config
 
@@ -68,12 +67,11 @@ def evaluate(cfg: DictConfig) -> float | None:
             f"this data has {len(datamodule.classes)} {datamodule.classes[:6]}; evaluate on data "
             "with the same class folders"
         )
-    # Weights come from the checkpoint: never ask the Hub.
-    backbone = build(run.model, "model")(num_classes=datamodule.num_classes, pretrained=False, weights=None)
+    # Weights come from the checkpoint (never from the Hub), into the model the run trained.
+    module, _ = module_from_checkpoint(checkpoint, run)
+    backbone = module.backbone
     backbone.weight_source = f"checkpoint:{Path(cfg.ckpt_path).expanduser().resolve()}"
     datamodule.resolve_transforms(backbone)
-    module = ClassificationModule(backbone, datamodule.num_classes, optimizer=None)
-    module.load_state_dict(checkpoint["state_dict"])
 
     if hardware.wants_channels_last((cfg.get("hardware") or {}).get("channels_last"), kind, backbone):
         module.use_channels_last()

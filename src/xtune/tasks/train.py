@@ -42,8 +42,9 @@ def run_training(cfg: DictConfig, extra_callbacks=()) -> dict:
     import pytorch_lightning as pl
 
     from xtune import hardware
-    from xtune.callbacks import FiniteLoss, RunStats, StoreRunInfo
+    from xtune.callbacks import FiniteLoss, ReseedEveryStep, RunStats, StoreRunInfo
     from xtune.checkpoint import check_resume_fits, read_checkpoint
+    from xtune.models.finetune import Strategy, trainable_summary
     from xtune.models.module import ClassificationModule
     from xtune.report import run_summary, write_summary
     from xtune.tasks.common import build, build_all, build_trainer, resolved, save_config
@@ -58,24 +59,34 @@ def run_training(cfg: DictConfig, extra_callbacks=()) -> dict:
     backbone = build(cfg.model, "model")(num_classes=datamodule.num_classes)
     # Preprocessing follows the backbone's own pretrained data config (timm), not ImageNet constants.
     data_config = datamodule.resolve_transforms(backbone)
+    weight_source = backbone.weight_source
     # A resumed run must continue the same model on the same classes.
     if cfg.get("ckpt_path"):
         check_resume_fits(read_checkpoint(cfg.ckpt_path), cfg.ckpt_path, cfg.model.name, datamodule.classes)
 
+    # The fine-tuning strategy decides what trains (freezing, LoRA adapters) and at which LR.
+    strategy = build(cfg.finetune, "finetune") if cfg.get("finetune") else Strategy()
+    backbone = strategy.prepare(backbone)
     optimizer = build(cfg.optim, "optim")
+    optimizer_kwargs = strategy.optimizer_kwargs(backbone, float(cfg.optim.get("weight_decay") or 0.0))
     scheduler = build(cfg.scheduler, "scheduler") if cfg.get("scheduler") else None
-    _probe_optimizer(optimizer, backbone)
-    module = ClassificationModule(backbone, datamodule.num_classes, optimizer, scheduler)
+    _probe_optimizer(optimizer, backbone, optimizer_kwargs)
+    mixup = build(cfg.mixup, "mixup") if cfg.get("mixup") else None
+    module = ClassificationModule(backbone, datamodule.num_classes, optimizer, scheduler,
+                                  label_smoothing=float(cfg.get("label_smoothing") or 0.0), mixup=mixup,
+                                  optimizer_kwargs=optimizer_kwargs)
     if hardware.wants_channels_last((cfg.get("hardware") or {}).get("channels_last"), kind, backbone):
         module.use_channels_last()
 
     stats = RunStats(monitor="val/acc", mode="max")
     callbacks = [
         *build_all(cfg.get("callbacks"), "callbacks"),
+        *strategy.callbacks(),
         *hardware.callbacks(cfg, kind),
         stats,
+        ReseedEveryStep(cfg.seed),
         FiniteLoss(check_every_n_steps=int(cfg.trainer.get("log_every_n_steps") or 50)),
-        StoreRunInfo(resolved(cfg), datamodule.classes, data_config, backbone.weight_source),
+        StoreRunInfo(resolved(cfg), datamodule.classes, data_config, weight_source),
         *extra_callbacks,
     ]
     loggers = build_all(cfg.get("logger"), "logger")
@@ -89,10 +100,13 @@ def run_training(cfg: DictConfig, extra_callbacks=()) -> dict:
 
     summary = {"status": "running"}
     try:
+        # Lightning's finders (tune=lr / batch_size) adjust module.lr / datamodule.batch_size.
+        tuned = _tune(cfg, trainer, module, datamodule, run_dir) if cfg.get("tune") else {}
         fit_metrics = {}
         if cfg.get("train"):
             trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
             fit_metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+        trainable = trainable_summary(module.backbone)  # as trained (testing may re-freeze)
         test_metrics = {}
         if cfg.get("test"):
             best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
@@ -101,7 +115,17 @@ def run_training(cfg: DictConfig, extra_callbacks=()) -> dict:
                 log.warning("no checkpoint callback: testing the final weights")
             results = trainer.test(module, datamodule=datamodule, ckpt_path=ckpt)
             test_metrics = dict(results[0]) if results else {}
+        exported = None
+        if cfg.get("export") and trainer.is_global_zero:  # the tested (best, or EMA) weights
+            from xtune.models.export import export_model
+
+            exported = str(export_model(strategy.export(module.backbone), cfg.get("export_dir") or run_dir / "export",
+                                        datamodule.classes, data_config))
         summary = run_summary(cfg, trainer, module, datamodule, stats, {**fit_metrics, **test_metrics}, started)
+        summary["model"]["weights"] = weight_source
+        summary["finetune"] = {"strategy": strategy.name, **trainable}
+        summary["tuned"] = tuned
+        summary["export"] = exported
     except BaseException as error:
         summary = {"status": "failed", "error": f"{type(error).__name__}: {error}"[:2000],
                    "wall_time_s": round(time.time() - started, 2)}
@@ -121,9 +145,32 @@ def _refuse_overwrite(run_dir: Path, cfg: DictConfig) -> None:
         )
 
 
-def _probe_optimizer(factory, backbone) -> None:
+def _probe_optimizer(factory, backbone, kwargs) -> None:
     """Build the optimizer once now, so a wrong optim.* key fails before training starts."""
     try:
-        factory(backbone)
+        factory(backbone, **kwargs)
     except (TypeError, ValueError, AssertionError) as error:
         raise XtuneConfigError(f"optim: {' '.join(str(error).split())}") from None
+
+
+def _tune(cfg: DictConfig, trainer, module, datamodule, run_dir: Path) -> dict:
+    """Lightning's batch-size finder, then its learning-rate finder, as cfg.tune asks."""
+    from pytorch_lightning.tuner import Tuner
+
+    tuner, tuned = Tuner(trainer), {}
+    if cfg.tune.get("scale_batch_size"):
+        tuned["batch_size"] = tuner.scale_batch_size(module, datamodule=datamodule, **cfg.tune.scale_batch_size)
+        log.info("batch-size finder: data.batch_size=%s", tuned["batch_size"])
+    if cfg.tune.get("lr_find"):
+        finder = tuner.lr_find(module, datamodule=datamodule, update_attr=True, attr_name="lr", **cfg.tune.lr_find)
+        if finder is None or finder.suggestion() is None:
+            raise XtuneConfigError(
+                f"tune=lr found no learning rate after {len(finder.results.get('lr', [])) if finder else 0} steps: "
+                "it needs tune.lr_find.num_training (>= 20) steps within trainer.max_epochs, and stops early when "
+                "the loss explodes (tune.lr_find.early_stop_threshold=null keeps going)")
+        tuned["lr"] = float(finder.suggestion())
+        if trainer.is_global_zero:
+            figure = finder.plot(suggest=True)
+            figure.savefig(run_dir / "lr_find.png", dpi=100)
+        log.info("learning-rate finder: optim.lr=%.3g", tuned["lr"])
+    return tuned
