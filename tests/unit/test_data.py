@@ -81,7 +81,17 @@ def test_train_order_depends_only_on_seed_and_epoch():
 
     assert order(3) == order(3)
     assert order(3) != order(4)
-    assert sorted(order(0)) == list(range(len(module.splits["train"])))
+    assert sorted(i for i, _ in order(0)) == list(range(len(module.splits["train"])))
+    # every sample carries its own augmentation seed: the same crop for the same (epoch, sample)
+    dataset = module.splits["train"]
+    key = order(2)[5]
+    assert torch.equal(dataset[key][0], dataset[key][0])
+    assert not torch.equal(dataset[key][0], dataset[(key[0], key[1] + 1)][0])
+    # a resumed epoch skips what was already trained on, in the same order
+    sampler = module.train_dataloader().sampler
+    sampler.set_epoch(3)
+    sampler.skip = 10
+    assert list(iter(sampler)) == order(3)[10:]
 
 
 def test_root_is_refused_for_digits():

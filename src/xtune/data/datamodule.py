@@ -74,6 +74,7 @@ class ImageDataModule(pl.LightningDataModule):
         )
         self.augment = dict(augment or {})
         self.shuffle_seed = shuffle_seed
+        self.resume_skip_samples = 0  # set by xtune.launch.preemption.ResumeMidEpoch
         self.data_config: dict | None = None
 
         loaded = self._load(source, root)
@@ -167,7 +168,8 @@ class ImageDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         generator = torch.Generator()
-        sampler = EpochShuffle(len(self.splits["train"]), self.shuffle_seed, generator)
+        sampler = EpochShuffle(len(self.splits["train"]), self.shuffle_seed, generator, skip=self.resume_skip_samples)
+        self.resume_skip_samples = 0
         return self._loader(
             "train",
             batch_size=self.batch_size,

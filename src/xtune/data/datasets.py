@@ -70,11 +70,25 @@ class TransformedSubset(Dataset):
     def __len__(self) -> int:
         return len(self.indices)
 
-    def __getitem__(self, index: int):
+    def __getitem__(self, key):
+        # training keys are (index, seed) pairs from EpochShuffle: the random augmentation of a
+        # sample is then a function of (shuffle seed, epoch, sample) alone - not of which worker
+        # or process loads it, nor of when - so a resumed run augments exactly as the original
+        index, seed = key if isinstance(key, tuple) else (key, None)
         image, target = self.base[self.indices[index]]
         if self.transform is not None and isinstance(image, Image.Image):
+            if seed is not None:
+                _seed_all(seed)
             image = self.transform(image)
         return image, self._label(target)
+
+
+def _seed_all(seed: int) -> None:
+    import random
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
 
 
 class EpochShuffle(Sampler[int]):
@@ -85,11 +99,12 @@ class EpochShuffle(Sampler[int]):
     DataLoader) is re-seeded too, so DataLoader worker seeds are resume-proof as well.
     """
 
-    def __init__(self, length: int, seed: int, generator: torch.Generator):
+    def __init__(self, length: int, seed: int, generator: torch.Generator, skip: int = 0):
         self.length = length
         self.seed = seed
         self.epoch = 0
         self.generator = generator
+        self.skip = skip  # samples of the next epoch already trained on (a mid-epoch resume)
         self.set_epoch(0)
 
     def set_epoch(self, epoch: int) -> None:
@@ -101,4 +116,7 @@ class EpochShuffle(Sampler[int]):
 
     def __iter__(self):
         order = torch.Generator().manual_seed(self.seed + self.epoch)
-        return iter(torch.randperm(self.length, generator=order).tolist())
+        skip, self.skip = self.skip, 0
+        base = (self.seed * 1_000_003 + self.epoch) * 1_000_033
+        # each index travels with its augmentation seed (see TransformedSubset.__getitem__)
+        return iter([(i, (base + i) % 2**62) for i in torch.randperm(self.length, generator=order).tolist()[skip:]])

@@ -55,6 +55,9 @@ class ClassificationModule(pl.LightningModule):
         self.val_metrics = ClassificationTally(num_classes)
         self.test_metrics = ClassificationTally(num_classes)
         self.val_acc_best = MaxMetric(nan_strategy="disable")
+        # in checkpoints, so a resumed run (even mid-epoch) reports what an uninterrupted one would
+        self.train_metrics.persistent(True)
+        self.val_acc_best.persistent(True)
 
     def use_channels_last(self) -> None:
         """NHWC memory format for weights and batches (faster convolutions on tensor cores)."""
@@ -105,10 +108,6 @@ class ClassificationModule(pl.LightningModule):
 
     def test_step(self, batch, batch_idx: int) -> None:
         self._step("test", batch)
-
-    def on_train_start(self) -> None:
-        # the sanity-check validation must not count as a best score
-        self.val_acc_best.reset()
 
     def on_train_epoch_end(self) -> None:
         self._log_epoch("train")
