@@ -25,3 +25,9 @@ class XtuneConfigError(XtuneError):
 
 class XtuneDataError(XtuneError):
     """The data cannot be used: missing or empty root, mismatched classes, unreadable image."""
+
+
+class XtuneInterrupted(XtuneError):
+    """SIGTERM / preemption: a checkpoint was saved; the same command continues the run."""
+
+    exit_code = 143

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import hashlib
 import netrc
 import os
 import sys
@@ -34,6 +36,8 @@ def wandb_logger(save_dir: str, mode: str | None = None, log_model: bool | str =
     """
     from pytorch_lightning.loggers import WandbLogger
 
+    # the same run directory is the same W&B run: a requeued or resumed job continues it
+    kwargs.setdefault("id", stable_run_id(save_dir))
     mode = wandb_mode(mode)
     if mode in ("offline", "dryrun", "disabled"):
         log_model = False  # nothing to upload to
@@ -42,6 +46,39 @@ def wandb_logger(save_dir: str, mode: str | None = None, log_model: bool | str =
     # WandbLogger always passes anonymous=None, which wandb 0.31 warns about on every run
     logger._wandb_init.pop("anonymous", None)
     return logger
+
+
+def stable_run_id(run_dir: str) -> str:
+    return hashlib.sha1(os.path.abspath(run_dir).encode()).hexdigest()[:16]
+
+
+def csv_logger(save_dir: str, name: str = "", version: str = "", **kwargs):
+    """Lightning's CSVLogger writing RUN/metrics.csv, appending when the run resumes.
+
+    Lightning's own deletes an existing metrics.csv (and warns about any non-empty folder); a
+    resumed run keeps the history before its checkpoint (rows after it are dropped first by
+    xtune.launch.resume.truncate_metrics).
+    """
+    from lightning_fabric.loggers.logger import rank_zero_experiment
+    from pytorch_lightning.loggers import CSVLogger
+    from pytorch_lightning.loggers.csv_logs import ExperimentWriter
+
+    class AppendingWriter(ExperimentWriter):
+        def _check_log_dir_exists(self) -> None:
+            if self._fs.isfile(self.metrics_file_path):
+                with self._fs.open(self.metrics_file_path, "r", newline="") as handle:
+                    self.metrics_keys = list(next(csv.reader(handle), []))
+
+    class ResumableCSVLogger(CSVLogger):
+        @property
+        @rank_zero_experiment
+        def experiment(self):
+            if self._experiment is None:
+                self._fs.makedirs(self.root_dir, exist_ok=True)
+                self._experiment = AppendingWriter(log_dir=self.log_dir)
+            return self._experiment
+
+    return ResumableCSVLogger(save_dir=save_dir, name=name, version=version, **kwargs)
 
 
 def finish_wandb(exit_code: int = 0) -> None:

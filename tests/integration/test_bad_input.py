@@ -139,10 +139,12 @@ def test_local_weights_that_do_not_fit(tmp_path):
     assert_one_line_error(result, f"model.weights={path} does not fit test_resnet")
 
 
-def test_a_finished_run_is_never_overwritten(tmp_path):
+def test_a_finished_run_of_another_model_is_never_overwritten(tmp_path):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    (run_dir / "summary.json").write_text('{"status": "completed"}')
+    stored = '{"status": "completed", "model": {"name": "vit_base_patch16_224"}}'
+    (run_dir / "summary.json").write_text(stored)
     result = run_cli("train.py", *QUICK, f"hydra.run.dir={run_dir}", tmp_path=tmp_path)
-    assert_one_line_error(result, "already holds a run")
-    assert (run_dir / "summary.json").read_text() == '{"status": "completed"}'
+    assert_one_line_error(result, "holds a completed run of model.name=vit_base_patch16_224")
+    assert (run_dir / "summary.json").read_text() == stored
+    assert not (run_dir / "checkpoints").exists()

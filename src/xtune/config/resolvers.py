@@ -1,6 +1,7 @@
 """OmegaConf resolvers used by the configs (registered by the CLI before composing)."""
 
 import os
+from datetime import datetime
 
 from omegaconf import OmegaConf
 
@@ -10,6 +11,31 @@ def _relpath(path: str, start: str) -> str:
     return os.path.relpath(path, start)
 
 
+def _run_name() -> str:
+    """The default run name: a sbatch job's id (stable across its requeues), else the time."""
+    if os.environ.get("SLURM_JOB_ID") and "SUBMITIT_EXECUTOR" not in os.environ:
+        array = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+        return f"slurm-{array[0]}_{array[1]}" if all(array) else f"slurm-{os.environ['SLURM_JOB_ID']}"
+    return datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+
+
+def _sweep_group() -> str:
+    """The W&B group of a job: its sweep directory (relative to the log dir), or "" for single runs."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized():
+        return ""
+    hydra_cfg = HydraConfig.get()
+    if hydra_cfg.mode != RunMode.MULTIRUN:
+        return ""
+    return os.path.basename(os.path.normpath(str(hydra_cfg.sweep.dir)))
+
+
 def register() -> None:
     if not OmegaConf.has_resolver("xtune.relpath"):
         OmegaConf.register_new_resolver("xtune.relpath", _relpath)
+    if not OmegaConf.has_resolver("xtune.run_name"):
+        OmegaConf.register_new_resolver("xtune.run_name", _run_name, use_cache=True)
+    if not OmegaConf.has_resolver("xtune.sweep_group"):
+        OmegaConf.register_new_resolver("xtune.sweep_group", _sweep_group)

@@ -184,3 +184,24 @@ def is_rank_zero() -> bool:
         if os.environ.get(key, "0") not in ("", "0"):
             return False
     return True
+
+
+class DistributedScope:
+    """Leaves no distributed state behind a run: the process group is destroyed and the
+    environment variables Lightning's DDP launcher set (MASTER_PORT, LOCAL_RANK, ...) are
+    removed, so the next job of a multirun in the same process starts its own ranks."""
+
+    def __enter__(self):
+        self.environment = dict(os.environ)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+        for key in set(os.environ) - set(self.environment):
+            del os.environ[key]
+        for key, value in self.environment.items():
+            if os.environ.get(key) != value:
+                os.environ[key] = value

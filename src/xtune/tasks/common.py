@@ -55,7 +55,19 @@ def save_config(cfg: DictConfig, run_dir: Path) -> dict:
 def build_trainer(cfg: DictConfig, callbacks: list, loggers: list):
     """The Lightning Trainer of the chosen hardware profile, with our callbacks and loggers."""
     from pytorch_lightning.callbacks import LearningRateMonitor
+    from pytorch_lightning.plugins.environments import SLURMEnvironment
+
+    from xtune.launch.preemption import AtomicCheckpointIO
 
     if not loggers:  # LearningRateMonitor refuses to run without a logger
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
-    return build(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False)
+    plugins = []
+    strategy = cfg.trainer.get("strategy")
+    if cfg.trainer.get("accelerator") in ("cpu", "gpu", "cuda", "auto", "mps") and not OmegaConf.is_config(strategy) \
+            and "fsdp" not in str(strategy) and "xla" not in str(strategy):
+        plugins.append(AtomicCheckpointIO())  # a kill during a save never corrupts last.ckpt
+    if SLURMEnvironment.detect():
+        # xtune's GracefulStop handles SLURM's signals (save last.ckpt, requeue): not Lightning's
+        # auto-requeue, which would save a second checkpoint of its own
+        plugins.append(SLURMEnvironment(auto_requeue=False))
+    return build(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False, plugins=plugins or None)

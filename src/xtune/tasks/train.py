@@ -14,14 +14,18 @@ from omegaconf import DictConfig
 
 from xtune.config.printing import print_config_tree
 from xtune.config.validate import validate_train
-from xtune.errors import XtuneConfigError
+from xtune.errors import XtuneConfigError, XtuneInterrupted
 from xtune.hardware.profile import is_rank_zero
+from xtune.launch.resume import resume_point, truncate_metrics
 
 log = logging.getLogger("xtune")
 
 
 def train(cfg: DictConfig) -> float | None:
-    summary = run_training(cfg)
+    from xtune.hardware.profile import DistributedScope
+
+    with DistributedScope():  # the next job of a multirun starts from a clean slate
+        summary = run_training(cfg)
     metric = cfg.get("optimized_metric")
     value = summary["metrics"].get(metric) if metric else None
     if metric and value is None:
@@ -35,7 +39,12 @@ def run_training(cfg: DictConfig, extra_callbacks=()) -> dict:
     # Cheap checks first: a typo costs a second, not a model build.
     validate_train(cfg)
     run_dir = Path(cfg.paths.output_dir)
-    _refuse_overwrite(run_dir, cfg)
+    # A requeued job, or a re-run of a named run, continues where it stopped (resume=auto).
+    ckpt_path, finished = resume_point(cfg, run_dir)
+    if finished is not None:
+        log.info("run directory %s already holds a completed run: returning its result "
+                 "(resume=never or another run_name trains anew)", run_dir)
+        return finished
     if is_rank_zero():
         print_config_tree(cfg)
 
@@ -44,6 +53,7 @@ def run_training(cfg: DictConfig, extra_callbacks=()) -> dict:
     from xtune import hardware
     from xtune.callbacks import FiniteLoss, ReseedEveryStep, RunStats, StoreRunInfo
     from xtune.checkpoint import check_resume_fits, read_checkpoint
+    from xtune.launch.preemption import GracefulStop, ResumeMidEpoch
     from xtune.models.finetune import Strategy, trainable_summary
     from xtune.models.module import ClassificationModule
     from xtune.report import run_summary, write_summary
@@ -60,9 +70,13 @@ def run_training(cfg: DictConfig, extra_callbacks=()) -> dict:
     # Preprocessing follows the backbone's own pretrained data config (timm), not ImageNet constants.
     data_config = datamodule.resolve_transforms(backbone)
     weight_source = backbone.weight_source
-    # A resumed run must continue the same model on the same classes.
-    if cfg.get("ckpt_path"):
-        check_resume_fits(read_checkpoint(cfg.ckpt_path), cfg.ckpt_path, cfg.model.name, datamodule.classes)
+    # A resumed run must continue the same model on the same classes; its metrics.csv drops the
+    # rows a killed attempt logged after the checkpoint.
+    if ckpt_path:
+        checkpoint = read_checkpoint(ckpt_path)
+        check_resume_fits(checkpoint, ckpt_path, cfg.model.name, datamodule.classes)
+        truncate_metrics(run_dir / "metrics.csv", int(checkpoint.get("global_step", 0)))
+        del checkpoint
 
     # The fine-tuning strategy decides what trains (freezing, LoRA adapters) and at which LR.
     strategy = build(cfg.finetune, "finetune") if cfg.get("finetune") else Strategy()
@@ -79,12 +93,15 @@ def run_training(cfg: DictConfig, extra_callbacks=()) -> dict:
         module.use_channels_last()
 
     stats = RunStats(monitor="val/acc", mode="max")
+    stop = GracefulStop(str(run_dir / "checkpoints"))
     callbacks = [
         *build_all(cfg.get("callbacks"), "callbacks"),
         *strategy.callbacks(),
         *hardware.callbacks(cfg, kind),
         stats,
         ReseedEveryStep(cfg.seed),
+        ResumeMidEpoch(),
+        stop,
         FiniteLoss(check_every_n_steps=int(cfg.trainer.get("log_every_n_steps") or 50)),
         StoreRunInfo(resolved(cfg), datamodule.classes, data_config, weight_source),
         *extra_callbacks,
@@ -104,13 +121,13 @@ def run_training(cfg: DictConfig, extra_callbacks=()) -> dict:
         tuned = _tune(cfg, trainer, module, datamodule, run_dir) if cfg.get("tune") else {}
         fit_metrics = {}
         if cfg.get("train"):
-            trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
             fit_metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
         trainable = trainable_summary(module.backbone)  # as trained (testing may re-freeze)
         test_metrics = {}
         if cfg.get("test"):
             best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-            ckpt = best or (None if cfg.get("train") else cfg.ckpt_path)
+            ckpt = best or (None if cfg.get("train") else ckpt_path)
             if not ckpt:
                 log.warning("no checkpoint callback: testing the final weights")
             results = trainer.test(module, datamodule=datamodule, ckpt_path=ckpt)
@@ -127,6 +144,13 @@ def run_training(cfg: DictConfig, extra_callbacks=()) -> dict:
         summary["tuned"] = tuned
         summary["export"] = exported
     except BaseException as error:
+        if stop.saved is not None:  # SIGTERM, SIGUSR1/2 or Ctrl-C: stopped at a batch boundary
+            summary = {"status": "interrupted", "epoch": trainer.current_epoch, "global_step": trainer.global_step,
+                       "wall_time_s": round(time.time() - started, 2)}
+            raise XtuneInterrupted(
+                f"interrupted at epoch {trainer.current_epoch}, step {trainer.global_step}: saved {stop.saved}; "
+                "run the same command again to continue (resume=auto)"
+            ) from None
         summary = {"status": "failed", "error": f"{type(error).__name__}: {error}"[:2000],
                    "wall_time_s": round(time.time() - started, 2)}
         raise
@@ -134,15 +158,6 @@ def run_training(cfg: DictConfig, extra_callbacks=()) -> dict:
         if trainer.is_global_zero:
             write_summary(run_dir, summary, stats.history)
     return summary
-
-
-def _refuse_overwrite(run_dir: Path, cfg: DictConfig) -> None:
-    """A run directory that already holds a finished run is never written over."""
-    if (run_dir / "summary.json").exists() and not cfg.get("ckpt_path"):
-        raise XtuneConfigError(
-            f"run directory {run_dir} already holds a run (summary.json); choose another "
-            "hydra.run.dir or resume it with ckpt_path=.../checkpoints/last.ckpt"
-        )
 
 
 def _probe_optimizer(factory, backbone, kwargs) -> None:

@@ -1,0 +1,1 @@
+"""What a cluster needs: stable run directories, preemption and resume, sweeps, TPU VM dispatch."""

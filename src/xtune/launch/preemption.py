@@ -1,0 +1,132 @@
+"""Preemption is normal: stop at a step boundary, save, let the cluster requeue, resume exactly.
+
+- `AtomicCheckpointIO`: a checkpoint is written to a temporary file and renamed into place, so a
+  kill during the write leaves the previous `last.ckpt` intact (Lightning writes in place).
+- `GracefulStop`: SIGUSR1 / SIGUSR2 (SLURM's and submitit's preemption and time-limit signals)
+  and Ctrl-C make Lightning stop after the current batch, as it already does for SIGTERM; the
+  callback then saves `checkpoints/last.ckpt` and, for SLURM's signals, hands the signal to
+  whoever handled it before (submitit requeues the job; under a plain sbatch job it requeues
+  itself with scontrol). A second Ctrl-C stops at once, keeping the last checkpoint.
+- `ResumeMidEpoch`: a checkpoint taken mid-epoch records how many batches of the epoch were
+  done; on resume the epoch-seeded sampler skips exactly those, so the run continues with the
+  batches it would have seen.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from lightning_fabric.plugins import TorchCheckpointIO
+from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+log = logging.getLogger("xtune")
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """torch.save into a temporary file beside the target, then os.replace (atomic on POSIX)."""
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        handle, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+        os.close(handle)
+        try:
+            torch.save(checkpoint, tmp)
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, target)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+
+
+def in_submitit() -> bool:
+    return "SUBMITIT_EXECUTOR" in os.environ or "SUBMITIT_FOLDER" in os.environ
+
+
+class GracefulStop(pl.Callback):
+    """Stop on SIGTERM/SIGUSR1/SIGUSR2/SIGINT after the current batch, save last.ckpt, requeue."""
+
+    SIGNALS = (signal.SIGUSR1, signal.SIGUSR2, signal.SIGINT)
+    REQUEUE = (signal.SIGUSR1, signal.SIGUSR2)
+
+    def __init__(self, checkpoint_dir: str):
+        self.checkpoint_dir = Path(checkpoint_dir)
+        self.received: int | None = None
+        self.saved: Path | None = None  # the checkpoint written on an interruption
+        self._previous: dict = {}
+        self._trainer = None
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        # after Lightning registered its own handlers (SIGTERM), so ours wrap them
+        if self._previous:
+            return
+        self._trainer = trainer
+        for signum in self.SIGNALS:
+            self._previous[signum] = signal.getsignal(signum)
+            signal.signal(signum, self._on_signal)
+
+    def _on_signal(self, signum, frame) -> None:
+        if signum == signal.SIGINT and self.received == signal.SIGINT:
+            raise KeyboardInterrupt  # Ctrl-C twice: stop now; the last saved checkpoint stays
+        hint = " (Ctrl-C again to stop at once)" if signum == signal.SIGINT else ""
+        log.warning("received %s: stopping after this batch to save a checkpoint%s", signal.Signals(signum).name, hint)
+        self.received = signum
+        # the flag Lightning checks after every batch (it raises SIGTERMException at the boundary)
+        self._trainer._signal_connector.received_sigterm = True
+
+    def on_exception(self, trainer, pl_module, exception) -> None:
+        if not isinstance(exception, SIGTERMException):
+            # a crash or a second Ctrl-C (mid-step): keep the last good checkpoint rather than
+            # save a state that no uninterrupted run would have had
+            return
+        path = self.checkpoint_dir / "last.ckpt"
+        trainer.save_checkpoint(path)
+        self.saved = path
+        log.warning("interrupted at epoch %d, step %d: saved %s", trainer.current_epoch, trainer.global_step, path)
+        self._requeue()
+
+    def _requeue(self) -> None:
+        if self.received not in self.REQUEUE:
+            return
+        previous = self._previous.get(self.received)
+        if callable(previous):  # submitit: requeue the job (and exit)
+            previous(self.received, None)
+        elif os.environ.get("SLURM_JOB_ID") and not in_submitit() and int(os.environ.get("SLURM_PROCID", 0)) == 0:
+            job = os.environ["SLURM_JOB_ID"]
+            log.warning("requeueing SLURM job %s", job)
+            subprocess.run(["scontrol", "requeue", job], check=False)
+
+    def teardown(self, trainer, pl_module, stage: str) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+        self._previous = {}
+
+
+class ResumeMidEpoch(pl.Callback):
+    """Records the batches done in the current epoch; on resume the sampler skips them."""
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        if trainer.state.fn != "fit":
+            return
+        checkpoint["xtune_data"] = {
+            "epoch": trainer.current_epoch,
+            "batches_done": int(trainer.fit_loop.epoch_loop.batch_progress.current.completed),
+            "batches_per_epoch": int(trainer.num_training_batches),
+        }
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        state = checkpoint.get("xtune_data")
+        datamodule = trainer.datamodule
+        if not state or trainer.state.fn != "fit" or not hasattr(datamodule, "resume_skip_samples"):
+            return
+        done = state["batches_done"]
+        if 0 < done < state["batches_per_epoch"]:  # saved mid-epoch
+            datamodule.resume_skip_samples = done * datamodule.batch_size * trainer.world_size
+            log.info("resuming mid-epoch %d after %d batches", state["epoch"], done)

@@ -1,0 +1,130 @@
+"""Preemption is normal: killed runs continue where they stopped and end as if never stopped."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from helpers import ROOT, offline_env, run_cli, summary
+
+pytestmark = pytest.mark.slow
+
+COMMON = ["experiment=quickstart", "logger=csv", "trainer.max_epochs=3", "data.batch_size=16"]
+
+
+def start(tmp_path, *overrides):
+    return subprocess.Popen([sys.executable, str(ROOT / "train.py"), *COMMON, *overrides], cwd=ROOT,
+                            env=offline_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for(path, timeout=240):
+    deadline = time.time() + timeout
+    while not path.exists():
+        assert time.time() < deadline, f"{path} never appeared"
+        time.sleep(0.2)
+
+
+def weights(run_dir):
+    checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    return checkpoint["state_dict"]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """The uninterrupted run every resumed run must reproduce."""
+    tmp = tmp_path_factory.mktemp("reference")
+    result = run_cli("train.py", *COMMON, f"paths.log_dir={tmp}", "run_name=ref", tmp_path=tmp)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return tmp / "train" / "runs" / "ref"
+
+
+def assert_same_run(run_dir, reference):
+    ours, theirs = summary(run_dir), summary(reference)
+    assert ours["status"] == "completed"
+    for key in ("test/acc", "test/loss", "val/acc_best", "val/acc", "train/loss", "train/acc"):
+        assert ours["metrics"][key] == theirs["metrics"][key], key
+    assert ours["global_step"] == theirs["global_step"] == 3 * 73
+    a, b = weights(run_dir), weights(reference)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert [r["epoch"] for r in ours["history"]] == [0, 1, 2]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1, signal.SIGINT], ids=lambda s: s.name)
+def test_a_signal_mid_epoch_then_the_same_command_continues_exactly(tmp_path, reference, signum):
+    """SIGTERM (a kill, a spot VM going away), SIGUSR1 (SLURM's warning), SIGINT (Ctrl-C)."""
+    args = [f"paths.log_dir={tmp_path}", "run_name=interrupted"]
+    run_dir = tmp_path / "train" / "runs" / "interrupted"
+    process = start(tmp_path, *args)
+    wait_for(run_dir / "checkpoints" / "last.ckpt")  # end of epoch 0 (73 steps)
+    time.sleep(1.0)  # into epoch 1
+    process.send_signal(signum)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 143, stderr[-2000:]
+    last_line = [line for line in stderr.splitlines() if line.strip()][-1]
+    assert last_line.startswith("error: interrupted at epoch") and "run the same command again" in last_line
+    interrupted = summary(run_dir)
+    assert interrupted["status"] == "interrupted" and 0 < interrupted["global_step"] < 3 * 73
+
+    result = run_cli("train.py", *COMMON, *args, tmp_path=tmp_path)  # the same command again
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "resuming from" in result.stdout + result.stderr
+    assert_same_run(run_dir, reference)
+    with open(run_dir / "metrics.csv") as handle:
+        import csv
+
+        rows = [r for r in csv.DictReader(handle) if r.get("val/acc")]
+    assert sorted(int(r["epoch"]) for r in rows) == [0, 1, 2]  # no epoch logged twice
+
+
+def test_sigkill_at_any_moment_leaves_a_resumable_run(tmp_path, reference):
+    """No chance to save: the run continues from its last end-of-epoch checkpoint, which a kill
+    during its write cannot have broken (written to a temporary file, then renamed)."""
+    args = [f"paths.log_dir={tmp_path}", "run_name=killed"]
+    run_dir = tmp_path / "train" / "runs" / "killed"
+    process = start(tmp_path, *args)
+    wait_for(run_dir / "checkpoints" / "last.ckpt")
+    process.send_signal(signal.SIGKILL)
+    process.communicate(timeout=60)
+    result = run_cli("train.py", *COMMON, *args, tmp_path=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert_same_run(run_dir, reference)
+
+
+def test_a_completed_named_run_is_not_trained_again(tmp_path, reference):
+    args = [f"paths.log_dir={reference.parents[2]}", "run_name=ref"]
+    before = (reference / "summary.json").read_text()
+    started = time.time()
+    result = run_cli("train.py", *COMMON, *args, tmp_path=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "already holds a completed run" in result.stdout + result.stderr
+    assert (reference / "summary.json").read_text() == before
+    assert time.time() - started < 60  # no training happened
+    refused = run_cli("train.py", *COMMON, *args, "resume=never", tmp_path=tmp_path)
+    assert refused.returncode == 2
+    assert "already holds a run; choose another run_name" in refused.stderr.splitlines()[-1]
+
+
+def test_atomic_checkpoint_write_survives_a_crash_mid_write(tmp_path, monkeypatch):
+    from xtune.launch.preemption import AtomicCheckpointIO
+
+    io = AtomicCheckpointIO()
+    target = tmp_path / "last.ckpt"
+    io.save_checkpoint({"step": 1, "w": torch.ones(3)}, target)
+
+    def crash(obj, path, *args, **kwargs):
+        with open(path, "wb") as handle:
+            handle.write(b"half a checkpoint")
+        raise OSError("killed mid-write")
+
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(OSError):
+        io.save_checkpoint({"step": 2, "w": torch.zeros(3)}, target)
+    monkeypatch.undo()
+    restored = torch.load(target, weights_only=True)
+    assert restored["step"] == 1 and torch.equal(restored["w"], torch.ones(3))
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # no half file left behind
+    assert oct(os.stat(target).st_mode & 0o777) == "0o644"
