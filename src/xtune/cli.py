@@ -35,18 +35,38 @@ def _discard_if_empty(run_dir: str | None, task_name: str) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
+def _record_failure(run_dir: str | None, error: BaseException) -> None:
+    """A failed sweep job leaves a summary.json saying why (the sweep summary reads it)."""
+    from xtune.report import write_json
+
+    if not run_dir:
+        return
+    path = Path(run_dir) / "summary.json"
+    line = error.one_line() if isinstance(error, XtuneError) else f"{type(error).__name__}: {error}"
+    previous = {}
+    if path.is_file():
+        import json
+
+        previous = json.loads(path.read_text())
+    write_json(path, {**previous, "status": "failed", "error": " ".join(line.split())[:1000]})
+
+
 def _guarded(task):
     """Run a task; an XtuneError becomes one line on stderr and exit code 2.
 
-    In a multirun the error is re-raised instead, so Hydra records the job as failed and the
-    remaining jobs still run.
+    In a multirun a failing job is recorded (its summary.json says why, the traceback goes to
+    its log) and returns None, so the remaining jobs run and sweepers see a failed trial. An
+    interruption (SIGTERM, preemption) ends the whole process either way.
     """
 
     @functools.wraps(task)
     def run(cfg):
+        import logging
+
         from hydra.core.hydra_config import HydraConfig
         from hydra.types import RunMode
 
+        from xtune.errors import XtuneInterrupted
         from xtune.loggers import finish_wandb
 
         hydra_cfg = HydraConfig.get()
@@ -55,11 +75,20 @@ def _guarded(task):
             result = task(cfg)
             exit_code = 0
             return result
-        except XtuneError as error:
-            if hydra_cfg.mode == RunMode.MULTIRUN:
+        except Exception as error:
+            multirun = hydra_cfg.mode == RunMode.MULTIRUN
+            if multirun and not isinstance(error, XtuneInterrupted):
+                logging.getLogger("xtune").exception("job %s failed", hydra_cfg.job.get("num"))
+                _record_failure(hydra_cfg.runtime.output_dir, error)
+                print(f"error: job {hydra_cfg.job.get('num')} failed: "
+                      f"{error.one_line() if isinstance(error, XtuneError) else repr(error)[:300]}",
+                      file=sys.stderr, flush=True)
+                return None
+            if not isinstance(error, XtuneError):
                 raise
             print(f"error: {error.one_line()}", file=sys.stderr, flush=True)
-            _discard_if_empty(hydra_cfg.runtime.output_dir, cfg.get("task_name", ""))
+            if not multirun:
+                _discard_if_empty(hydra_cfg.runtime.output_dir, cfg.get("task_name", ""))
             exit_code = error.exit_code
             sys.exit(error.exit_code)
         finally:
