@@ -236,10 +236,10 @@ def test_lr_and_batch_size_finders(tmp_path, init_weights):
 #: test accuracy each must reach on digits 5-9 from a digits-0-4 backbone with 25 % of the labels
 TRANSFER_BARS = {
     "linear_probe": (3e-2, 0.65),
-    "lora": (1e-2, 0.85),
+    "lora": (3e-2, 0.85),
     "freeze_unfreeze": (1e-2, 0.75),
     "layer_decay": (1e-2, 0.93),
-    "full": (1e-3, 0.90),
+    "full": (1e-2, 0.90),
 }
 
 

@@ -173,7 +173,7 @@ class FreezeUnfreeze(Strategy):
 
     name = "freeze_unfreeze"
 
-    def __init__(self, unfreeze_at_epoch: int = 1, backbone_lr_scale: float = 0.1, weight_decay: float = 0.0):
+    def __init__(self, unfreeze_at_epoch: int = 2, backbone_lr_scale: float = 0.1, weight_decay: float = 0.0):
         if int(unfreeze_at_epoch) < 1:
             raise XtuneConfigError(
                 f"finetune.unfreeze_at_epoch={unfreeze_at_epoch}: expected >= 1 (0 is finetune=full)")
