@@ -25,6 +25,27 @@ USAGE = {
 }
 
 
+#: command-line choices that need an optional extra: (choice prefix, module it needs, extra)
+EXTRAS = (
+    ("hydra/launcher=slurm", "hydra_plugins.hydra_submitit_launcher", "slurm"),
+    ("hydra/launcher=ray", "hydra_plugins.hydra_ray_launcher", "ray"),
+    ("hparams_search=optuna", "optuna", "optuna"),
+)
+
+
+def missing_extra(args: list[str], find_spec=None) -> str | None:
+    """One line naming the extra to install when a chosen launcher or search is not installed
+    (Hydra would otherwise report a config it cannot find, or an import deep in a sweeper)."""
+    import importlib.util
+
+    find_spec = find_spec or importlib.util.find_spec
+    for arg in args:
+        for prefix, module, extra in EXTRAS:
+            if arg.startswith(prefix) and find_spec(module) is None:
+                return f"{arg} needs the [{extra}] extra: pip install -e \".[{extra}]\" (or pip install 'xtune[{extra}]')"
+    return None
+
+
 def _discard_if_empty(run_dir: str | None, task_name: str) -> None:
     """Remove a run directory that holds nothing but Hydra's bookkeeping (an early error)."""
     if not run_dir:
@@ -137,6 +158,11 @@ def _main(config_name: str, task_path: str):
         if ("--help" in args or "-h" in args) and all(a.startswith("-") for a in args):
             print(fast_help(config_name))
             return
+
+        missing = missing_extra(args)
+        if missing:
+            print(f"error: {missing}", file=sys.stderr)
+            sys.exit(2)
 
         import hydra
 

@@ -58,3 +58,18 @@ def test_console_scripts_are_installed(script, env):
     result = subprocess.run([path, "--help"], env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert "Config groups" in result.stdout
+
+
+@pytest.mark.parametrize("choice, extra", [("hparams_search=optuna", "optuna"),
+                                           ("hydra/launcher=slurm_gpu", "slurm"),
+                                           ("hydra/launcher=ray_tpu", "ray")])
+def test_a_launcher_or_search_without_its_extra_names_the_install(choice, extra, env):
+    module = {"optuna": "optuna", "slurm": "hydra_plugins.hydra_submitit_launcher",
+              "ray": "hydra_plugins.hydra_ray_launcher"}[extra]
+    code = (f"import sys; sys.modules[{module!r}] = None; sys.argv = ['train.py', '-m', {choice!r}]; "
+            "from xtune.cli import train; train()")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f'error: {choice} needs the [{extra}] extra: pip install -e ".[{extra}]" (or pip install \'xtune[{extra}]\')']

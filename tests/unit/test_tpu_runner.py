@@ -66,3 +66,11 @@ def test_a_training_run_gets_one_run_directory_across_workers_and_reruns():
     assert parse(["--name", "pod", "--zone", "z", "--", *TRAIN]).command == TRAIN
     assert parse(["--name", "p", "--zone", "z", "--", "python", "train.py", "-m", "seed=1,2"]).command[-1] == "seed=1,2"
     assert parse(["--name", "p", "--zone", "z", "--", "python", "-c", "print(1)"]).command[-1] == "print(1)"
+
+
+def test_without_gcloud_one_line_names_the_fix(monkeypatch, capsys):
+    monkeypatch.setenv("PATH", "/nonexistent")
+    assert main(["--name", "t", "--zone", "z", "--", *TRAIN]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: gcloud not found: install the Google Cloud CLI")
+    assert main(["--name", "t", "--zone", "z", "--dry-run", "--", *TRAIN]) == 0  # a dry run needs no gcloud

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -116,6 +117,10 @@ def parse(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(sys.argv[1:] if argv is None else argv)
+    if not args.dry_run and shutil.which("gcloud") is None:
+        print("error: gcloud not found: install the Google Cloud CLI (https://cloud.google.com/sdk/docs/install) "
+              "and run gcloud auth login, or see the commands with --dry-run", file=sys.stderr)
+        return 2
     for what, command in plan(args):
         print(f"# {what}\n$ {shlex.join(command)}", flush=True)
         if args.dry_run:
