@@ -19,6 +19,7 @@ import os
 import signal
 import subprocess
 import tempfile
+import warnings
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -130,3 +131,5 @@ class ResumeMidEpoch(pl.Callback):
         if 0 < done < state["batches_per_epoch"]:  # saved mid-epoch
             datamodule.resume_skip_samples = done * datamodule.batch_size * trainer.world_size
             log.info("resuming mid-epoch %d after %d batches", state["epoch"], done)
+            # Lightning warns that a plain dataloader cannot resume mid-epoch: this one does
+            warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch")
