@@ -51,10 +51,26 @@ def test_a_three_job_sweep_reports_the_failure_and_completes_the_rest(tmp_path):
     assert len(logs) == 3
 
 
-def test_a_preempted_job_is_requeued_and_ends_as_if_never_stopped(tmp_path):
-    reference = run_cli("train.py", *RUN, f"hydra.run.dir={tmp_path / 'reference'}", tmp_path=tmp_path)
-    assert reference.returncode == 0, reference.stderr[-3000:]
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """The uninterrupted run a preempted one must reproduce."""
+    tmp = tmp_path_factory.mktemp("reference")
+    result = run_cli("train.py", *RUN, f"hydra.run.dir={tmp / 'run'}", tmp_path=tmp)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return tmp / "run"
 
+
+def preempt(job: str, how: str, tmp_path) -> None:
+    if how == "signal":  # what SLURM sends a submitit job before preempting it: USR2
+        subprocess.run(["scancel", "--signal=USR2", job], check=True)
+    else:  # real preemption: a job in the higher-priority partition needs all the node's CPUs
+        cpus = subprocess.run(["sinfo", "-h", "-p", "urgent", "-o", "%c"], capture_output=True, text=True).stdout.split()[0]
+        subprocess.run(["sbatch", "-p", "urgent", "-c", cpus, "-o", str(tmp_path / "urgent.out"), "--wrap", "sleep 5"],
+                       check=True, capture_output=True)
+
+
+@pytest.mark.parametrize("how", ["signal", "urgent_job"])
+def test_a_preempted_job_is_requeued_and_ends_as_if_never_stopped(tmp_path, reference, how):
     out = tmp_path / "sweep"
     process = subprocess.Popen(sweep(tmp_path, *RUN, "seed=42", f"hydra.sweep.dir={out}"), cwd=ROOT,
                                env=offline_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -63,9 +79,8 @@ def test_a_preempted_job_is_requeued_and_ends_as_if_never_stopped(tmp_path):
     while not checkpoint.exists():
         assert time.time() < deadline and process.poll() is None, "the job never finished its first epoch"
         time.sleep(0.5)
-    job = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True).stdout.split()[0]
-    # what SLURM does on preemption for submitit jobs: the USR2 warning signal
-    subprocess.run(["scancel", "--signal=USR2", job], check=True)
+    job = subprocess.run(["squeue", "-h", "-p", "debug", "-o", "%i"], capture_output=True, text=True).stdout.split()[0]
+    preempt(job, how, tmp_path)
     _, stderr = process.communicate(timeout=900)
     assert process.returncode == 0, stderr[-3000:]
 
@@ -79,10 +94,10 @@ def test_a_preempted_job_is_requeued_and_ends_as_if_never_stopped(tmp_path):
     log = (out / "0" / "train.log").read_text()  # the job's own log survives the requeue
     assert "interrupted at epoch" in log and "resuming from" in log
 
-    ours, theirs = summary(out / "0"), summary(tmp_path / "reference")
+    ours, theirs = summary(out / "0"), summary(reference)
     for key in ("test/acc", "test/loss", "val/acc_best", "train/loss"):
         assert ours["metrics"][key] == theirs["metrics"][key], key
     a = torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
-    b = torch.load(tmp_path / "reference" / "checkpoints" / "last.ckpt", map_location="cpu",
+    b = torch.load(reference / "checkpoints" / "last.ckpt", map_location="cpu",
                    weights_only=True)["state_dict"]
     assert all(torch.equal(a[k], b[k]) for k in a)
