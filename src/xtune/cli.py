@@ -46,6 +46,15 @@ def missing_extra(args: list[str], find_spec=None) -> str | None:
     return None
 
 
+def argument_conflict(args: list[str]) -> str | None:
+    """Hydra answers `-m ... --cfg job` with a ValueError traceback; say it in one line."""
+    flags = {a.split("=", 1)[0] for a in args if a.startswith("-")}
+    if flags & {"-m", "--multirun"} and flags & {"--cfg", "-c", "--info", "-i"}:
+        return ("-m (a sweep) cannot be combined with --cfg/--info: drop -m and give one value per key "
+                "to print one job's config")
+    return None
+
+
 def _discard_if_empty(run_dir: str | None, task_name: str) -> None:
     """Remove a run directory that holds nothing but Hydra's bookkeeping (an early error)."""
     if not run_dir:
@@ -159,9 +168,9 @@ def _main(config_name: str, task_path: str):
             print(fast_help(config_name))
             return
 
-        missing = missing_extra(args)
-        if missing:
-            print(f"error: {missing}", file=sys.stderr)
+        problem = argument_conflict(args) or missing_extra(args)
+        if problem:
+            print(f"error: {problem}", file=sys.stderr)
             sys.exit(2)
 
         import hydra

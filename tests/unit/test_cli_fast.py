@@ -73,3 +73,12 @@ def test_a_launcher_or_search_without_its_extra_names_the_install(choice, extra,
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         f'error: {choice} needs the [{extra}] extra: pip install -e ".[{extra}]" (or pip install \'xtune[{extra}]\')']
+
+
+def test_a_sweep_with_cfg_is_one_line_not_a_traceback(env):
+    result = subprocess.run([sys.executable, str(ROOT / "train.py"), "-m", "model=resnet,vit", "--cfg", "job"],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: -m (a sweep) cannot be combined with --cfg/--info: drop -m and give one value per key "
+        "to print one job's config"]
