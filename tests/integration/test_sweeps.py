@@ -50,16 +50,16 @@ def test_a_failing_job_is_reported_and_the_others_complete(tmp_path):
 
 def optuna(tmp_path, logs, *overrides, env=None):
     return [sys.executable, str(ROOT / "train.py"), "hparams_search=optuna", *TINY, "logger=csv",
-            f"paths.log_dir={logs}", "hydra.sweeper.study_name=study", *overrides]
+            f"paths.log_dir={logs}", *overrides]
 
 
-def results(logs):
-    return yaml.safe_load((logs / "train" / "optuna" / "study" / "optimization_results.yaml").read_text())
+def results(logs, study="study"):
+    return yaml.safe_load((logs / "train" / "optuna" / study / "optimization_results.yaml").read_text())
 
 
 def test_an_interrupted_optuna_search_continues_to_n_trials(tmp_path):
     logs = tmp_path / "logs"
-    sweep = logs / "train" / "optuna" / "study"
+    sweep = logs / "train" / "optuna" / "test_resnet_full"  # the default study name: <model.name>_<finetune>
     env = offline_env(tmp_path)
     process = subprocess.Popen(optuna(tmp_path, logs, "hydra.sweeper.n_trials=3"), cwd=ROOT, env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -74,12 +74,12 @@ def test_an_interrupted_optuna_search_continues_to_n_trials(tmp_path):
     result = subprocess.run(optuna(tmp_path, logs, "hydra.sweeper.n_trials=3"), cwd=ROOT, env=env,
                             capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
-    found = results(logs)
+    found = results(logs, sweep.name)
     assert found["n_complete"] == 3  # exactly n finished trials, one of them from before the kill
     assert found["n_trials"] == 4 and found["n_failed"] == 1  # the killed trial is kept as failed
     import optuna as op
 
-    study = op.load_study(study_name="study", storage=f"sqlite:///{sweep}/optuna.db")
+    study = op.load_study(study_name=sweep.name, storage=f"sqlite:///{sweep}/optuna.db")
     interrupted = [t for t in study.trials if t.user_attrs.get("interrupted")]
     assert [t.number for t in interrupted] == [1]
     assert summary(sweep / "1")["status"] == "interrupted"
@@ -90,7 +90,7 @@ def test_an_interrupted_optuna_search_continues_to_n_trials(tmp_path):
 
 def test_failed_trials_are_recorded_not_fatal(tmp_path):
     logs = tmp_path / "logs"
-    result = subprocess.run(optuna(tmp_path, logs, "hydra.sweeper.n_trials=3",
+    result = subprocess.run(optuna(tmp_path, logs, "hydra.sweeper.study_name=study", "hydra.sweeper.n_trials=3",
                                    "model.name=choice(test_resnet,nope_model)",
                                    "hydra.sweeper.sampler.seed=6"),  # samples resnet, nope, resnet
                             cwd=ROOT, env=offline_env(tmp_path), capture_output=True, text=True, timeout=900)
