@@ -46,7 +46,8 @@ def collect(sweep_dir: Path, optimized_metric: str | None) -> list[dict]:
         row["wall_time_s"] = summary.get("wall_time_s")
         row["error"] = summary.get("error", "")
         rows.append(row)
-    common = set.intersection(*(set(r["overrides"]) for r in rows)) if rows else set()
+    # overrides every job shares say nothing about the differences (a single job keeps its own)
+    common = set.intersection(*(set(r["overrides"]) for r in rows)) if len(rows) > 1 else set()
     for row in rows:
         row["overrides"] = " ".join(o for o in row["overrides"] if o not in common)
     return rows
