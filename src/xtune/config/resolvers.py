@@ -11,6 +11,19 @@ def _relpath(path: str, start: str) -> str:
     return os.path.relpath(path, start)
 
 
+def _cwd() -> str:
+    """Where the command was started. Hydra's `${hydra:runtime.cwd}` says the same inside a job,
+    but cannot be resolved while Hydra builds a sweep directory (HydraConfig is not set yet), so
+    every `-m` run failed with it; the job keeps the launcher's working directory (chdir: false)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized():
+        cwd = HydraConfig.get().runtime.get("cwd")
+        if cwd:
+            return str(cwd)
+    return os.getcwd()
+
+
 def _run_name() -> str:
     """The default run name: a sbatch job's id (stable across its requeues), else the time."""
     if os.environ.get("SLURM_JOB_ID") and "SUBMITIT_EXECUTOR" not in os.environ:
@@ -33,6 +46,8 @@ def _sweep_group() -> str:
 
 
 def register() -> None:
+    if not OmegaConf.has_resolver("xtune.cwd"):
+        OmegaConf.register_new_resolver("xtune.cwd", _cwd)
     if not OmegaConf.has_resolver("xtune.relpath"):
         OmegaConf.register_new_resolver("xtune.relpath", _relpath)
     if not OmegaConf.has_resolver("xtune.run_name"):
