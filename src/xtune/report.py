@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 import platform
-import tempfile
 from importlib import metadata
 from pathlib import Path
+
+from xtune.atomic import atomic_path, write_text
 
 SECRET_WORDS = ("key", "token", "secret", "password", "credential")
 
@@ -44,13 +44,7 @@ def redact(value):
 
 def write_json(path: Path, data: dict) -> None:
     """Write atomically: a reader (or a crash) never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(handle, "w") as out:
-        json.dump(data, out, indent=2, default=str)
-        out.write("\n")
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+    write_text(path, json.dumps(data, indent=2, default=str) + "\n")
 
 
 def plot_curves(history: list[dict], path: Path) -> Path | None:
@@ -75,7 +69,8 @@ def plot_curves(history: list[dict], path: Path) -> Path | None:
     axes[0].set_title("loss")
     axes[1].set_title("top-1 accuracy")
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, dpi=100, format="png")
     plt.close(figure)
     return path
 
@@ -92,8 +87,10 @@ def run_summary(cfg, trainer, module, datamodule, stats, metrics: dict, started:
     import time
 
     from xtune.hardware.info import describe
+    from xtune.models.finetune import trainable_summary
 
-    checkpoint = trainer.checkpoint_callback
+    checkpoint = trainer.checkpoint_callback  # the first ModelCheckpoint: best on val/acc
+    last = next((c for c in trainer.checkpoint_callbacks if getattr(c, "monitor", "") is None), None)
     ips = stats.images_per_second if stats is not None else None
     return {
         "status": "completed",
@@ -106,7 +103,7 @@ def run_summary(cfg, trainer, module, datamodule, stats, metrics: dict, started:
             "score": _number(getattr(stats, "best_score", None)),
             "epoch": getattr(stats, "best_epoch", None),
             "checkpoint": getattr(checkpoint, "best_model_path", None) or None,
-            "last_checkpoint": getattr(checkpoint, "last_model_path", None) or None,
+            "last_checkpoint": getattr(last, "best_model_path", None) or None,
         },
         "epochs_completed": trainer.current_epoch,
         "global_step": trainer.global_step,
@@ -116,7 +113,7 @@ def run_summary(cfg, trainer, module, datamodule, stats, metrics: dict, started:
             "first_step_at": getattr(stats, "first_step_at", None),
             "setup_s": _number(stats.first_step_at - started) if getattr(stats, "first_step_at", None) else None,
         },
-        "parameters": module.parameter_counts(),
+        "parameters": {k: v for k, v in trainable_summary(module.backbone).items() if k != "trainable_fraction"},
         "model": {"name": cfg.model.name, "weights": getattr(module.backbone, "weight_source", None)},
         "data": {
             "classes": datamodule.classes,
@@ -139,3 +136,53 @@ def write_summary(run_dir: Path, summary: dict, history: list | None = None) -> 
         summary = {**summary, "history": history}
         plot_curves(history, run_dir / "curves.png")
     write_json(run_dir / "summary.json", summary)
+
+
+class RunRecord:
+    """summary.json and curves.png for however a run ends, as one context manager.
+
+    Set `record.summary` when the run completed; an exception leaves a "failed" summary (and is
+    re-raised), an interruption (SIGTERM, preemption, Ctrl-C: GracefulStop saved a checkpoint)
+    an "interrupted" one and the XtuneInterrupted that tells the user how to continue. Written by
+    global rank zero only.
+    """
+
+    def __init__(self, run_dir: Path, trainer, stats, stop, started: float):
+        self.run_dir, self.trainer, self.stats, self.stop, self.started = Path(run_dir), trainer, stats, stop, started
+        self.summary: dict = {"status": "running"}
+
+    def __enter__(self) -> "RunRecord":
+        return self
+
+    def __exit__(self, kind, error, traceback) -> None:
+        import time
+
+        from xtune.errors import XtuneInterrupted
+
+        wall = round(time.time() - self.started, 2)
+        interrupted = None
+        if error is not None and self.stop.saved is not None:  # stopped at a batch boundary, saved
+            trainer = self.trainer
+            self.summary = {"status": "interrupted", "epoch": trainer.current_epoch,
+                            "global_step": trainer.global_step, "wall_time_s": wall}
+            interrupted = XtuneInterrupted(
+                f"interrupted at epoch {trainer.current_epoch}, step {trainer.global_step}: saved {self.stop.saved}; "
+                "run the same command again to continue (resume=auto)")
+        elif error is not None:
+            self.summary = {"status": "failed", "error": f"{kind.__name__}: {error}"[:2000], "wall_time_s": wall}
+        if self.trainer.is_global_zero:
+            write_summary(self.run_dir, self.summary, self.stats.history)
+        if interrupted is not None:
+            raise interrupted from None
+
+
+def final_line(summary: dict, wandb_where: str | None) -> str:
+    """The last thing on the screen: where the run went, how it did, how long it took."""
+    metrics = summary.get("metrics", {})
+    score = " ".join(f"{k} {metrics[k]:.4f}" for k in ("test/acc", "val/acc_best") if k in metrics)
+    line = f"run: {summary.get('run_dir')}  {score}  wall {summary.get('wall_time_s', 0):.0f} s"
+    if wandb_where and wandb_where.startswith("wandb sync"):
+        line += f"  (W&B offline; upload: {wandb_where})"
+    elif wandb_where:
+        line += f"  W&B: {wandb_where}"
+    return line
