@@ -2,6 +2,7 @@
 
 import gzip
 from functools import partial
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -55,11 +56,15 @@ def test_transforms_come_from_the_backbone_and_grayscale_becomes_rgb():
     assert config["input_size"] == (3, 48, 48)
     assert config["mean"] == timm.get_pretrained_cfg("test_resnet").mean
     image, label = module.splits["train"][0]
-    assert image.shape == (3, 48, 48) and image.dtype == torch.float32
-    # the model's own statistics, not ImageNet's: a black pixel maps to -mean/std
+    assert image.shape == (3, 48, 48) and image.dtype == torch.uint8  # uint8 until the batch
+    # normalised per batch with the model's own statistics, not ImageNet's: black maps to -mean/std
     black = module.splits["test"].transform(Image.new("RGB", (8, 8)))
+    assert black.dtype == torch.uint8 and int(black.max()) == 0
+    batch = module.batch_preprocess(torch.stack([black, black]), training=False)
     mean, std = config["mean"], config["std"]
-    assert torch.allclose(black[:, 0, 0], torch.tensor([-m / s for m, s in zip(mean, std)]), atol=1e-5)
+    assert batch.dtype == torch.float32
+    assert torch.allclose(batch[0, :, 0, 0], torch.tensor([-m / s for m, s in zip(mean, std)]), atol=1e-5)
+    assert module.batch_preprocess(batch, training=False) is batch  # float batches pass through
     assert module.resolve_transforms(vit)["mean"] == timm.get_pretrained_cfg("test_vit").mean
 
 
@@ -121,7 +126,7 @@ def test_imagefolder_split_folders(tmp_path):
     ("file", "is a file"),
     ("empty", "no class folders in"),
     ("loose", "no class folders in"),
-    ("empty_class", "Found no valid file"),
+    ("empty_class", "class folder .*zebra holds no images"),
     ("no_train", "but no train/ folder"),
     ("mismatch", "class folders differ between train/ and val/"),
 ])
@@ -146,14 +151,96 @@ def test_imagefolder_bad_layouts(tmp_path, case, message):
         sources.imagefolder(str(root))
 
 
-def test_corrupt_image_names_the_file(tmp_path):
+def test_unreadable_images_are_found_before_training_and_named(tmp_path):
     write_image_folder(tmp_path, per_class=2)
     bad = tmp_path / "red" / "zz_bad.png"
     bad.write_bytes(b"this is not a png")
+    (tmp_path / "blue" / "empty.jpg").write_bytes(b"")
+    with pytest.raises(XtuneDataError, match=r"2 of 8 images cannot be read, e\.g\. .*empty\.jpg.*zz_bad\.png"):
+        sources.imagefolder(str(tmp_path))
+
+
+def test_a_truncated_image_is_named_when_decoded(tmp_path):
+    """The header check is fast, not a full decode: a cut-off file is still named when read."""
+    write_image_folder(tmp_path, per_class=2, size=64)
+    cut = tmp_path / "red" / "001.png"
+    cut.write_bytes(cut.read_bytes()[:200])
     dataset = sources.imagefolder(str(tmp_path)).splits["train"]
-    index = dataset.samples.index((str(bad), dataset.class_to_idx["red"]))
-    with pytest.raises(XtuneDataError, match=f"cannot read image {bad}"):
+    index = [path for path, _ in dataset.samples].index(str(cut))
+    with pytest.raises(XtuneDataError, match=f"cannot read image {cut}"):
         dataset[index]
+
+
+def test_a_link_loop_is_refused_naming_the_link(tmp_path):
+    write_image_folder(tmp_path, per_class=3)
+    (tmp_path / "red" / "loop").symlink_to("..")
+    with pytest.raises(XtuneDataError, match=r"red/loop links back to .*a link loop"):
+        sources.imagefolder(str(tmp_path))
+
+
+def test_links_never_count_a_file_twice(tmp_path):
+    root = write_image_folder(tmp_path / "data", per_class=3)
+    (root / "red" / "again.png").symlink_to(root / "red" / "000.png")
+    extra = write_image_folder(tmp_path / "elsewhere", classes=("red",), per_class=2, seed=1)
+    (root / "red" / "more").symlink_to(extra / "red")  # a linked folder outside: followed
+    dataset = sources.imagefolder(str(root)).splits["train"]
+    assert len(dataset) == 9 + 2
+    (root / "blue" / "stolen.png").symlink_to(root / "red" / "001.png")
+    with pytest.raises(XtuneDataError, match="same file in two class folders"):
+        sources.imagefolder(str(root))
+
+
+def test_one_class_cannot_measure_anything(tmp_path):
+    write_image_folder(tmp_path, classes=("only",), per_class=6)
+    with pytest.raises(XtuneDataError, match="needs at least 2 classes"):
+        ImageDataModule(source=sources.imagefolder, root=str(tmp_path))
+    with pytest.raises(XtuneDataError, match="needs at least 2 classes"):
+        digits_module(classes=[3])
+
+
+def test_a_class_missing_from_a_split_is_named(tmp_path, caplog):
+    write_image_folder(tmp_path, classes=("a", "b", "c"), per_class=10)
+    for path in sorted((tmp_path / "c").iterdir())[1:]:
+        path.unlink()
+    with caplog.at_level("WARNING", logger="xtune"):
+        module = ImageDataModule(source=sources.imagefolder, root=str(tmp_path), val_fraction=0.2, test_fraction=0.2)
+    assert module.num_classes == 3
+    assert "classes have no val images (c)" in caplog.text or "classes have no test images (c)" in caplog.text
+
+
+def test_test_only_evaluates_every_image_of_a_folder(tmp_path):
+    write_image_folder(tmp_path / "flat", per_class=40)
+    module = ImageDataModule(source=sources.imagefolder, root=str(tmp_path / "flat"), test_only=True)
+    assert set(module.splits) == {"test"} and len(module.splits["test"]) == 120
+    for split in ("train", "test"):
+        write_image_folder(tmp_path / "split" / split, per_class=5 if split == "test" else 9)
+    module = ImageDataModule(source=sources.imagefolder, root=str(tmp_path / "split"), test_only=True)
+    assert len(module.splits["test"]) == 15  # its test/ folder
+
+
+def test_fingerprint_changes_with_the_files(tmp_path):
+    root = write_image_folder(tmp_path, per_class=10)
+
+    def fingerprint():
+        return ImageDataModule(source=sources.imagefolder, root=str(root)).fingerprint()
+
+    first = fingerprint()
+    assert first == fingerprint() and first["sizes"]["train"] == 21
+    (root / "red" / "000.png").unlink()
+    assert fingerprint()["content"] != first["content"]
+    assert digits_module().fingerprint() == digits_module().fingerprint()
+    assert digits_module().fingerprint()["content"] != digits_module(split_seed=1).fingerprint()["content"]
+
+
+@pytest.mark.parametrize("train_size,batch_size,dropped", [(97, 32, True), (96, 32, False), (98, 32, False)])
+def test_a_last_batch_of_one_image_is_dropped(train_size, batch_size, dropped):
+    module = digits_module(batch_size=batch_size, val_fraction=0.0, test_fraction=0.1)
+    base = module.splits["train"]
+    module.splits["train"] = type(base)(base.base, base.indices[:train_size], label_map=base.label_map)
+    module.resolve_transforms(timm.create_model("test_resnet", pretrained=False, num_classes=10))
+    loader = module.train_dataloader()
+    assert loader.drop_last is dropped
+    assert min(len(batch[1]) for batch in loader) > 1
 
 
 # --- mnist, cifar10, synthetic --------------------------------------------------------------------
@@ -192,3 +279,43 @@ def test_synthetic_tensors_skip_transforms():
     assert image.shape == (3, 40, 40) and label == 5 % 4
     assert module.classes == ["class_0", "class_1", "class_2", "class_3"]
     assert set(module.splits) == {"train", "val", "test"}
+
+
+def test_fashion_mnist_without_its_files_names_the_package(tmp_path):
+    with pytest.raises(XtuneDataError, match=r"apt-get install dataset-fashion-mnist.*data.root="):
+        sources.fashion_mnist(str(tmp_path))
+
+
+def test_fashion_mnist_reads_idx_files_with_its_class_names(tmp_path):
+    write_mnist_idx(tmp_path, compress=True)
+    module = ImageDataModule(source=sources.fashion_mnist, root=str(tmp_path), val_fraction=0.1)
+    assert module.classes[0] == "T-shirt/top" and module.classes[-1] == "Ankle boot"
+    assert len(module.splits["test"]) == 397  # the source's own test split
+
+
+@pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").is_dir(),
+                    reason="Debian's dataset-fashion-mnist is not installed (.ci/run installs it)")
+def test_fashion_mnist_from_the_debian_package():
+    source = sources.fashion_mnist()
+    train, test = source.splits["train"], source.splits["test"]
+    assert (len(train), len(test)) == (60000, 10000)
+    assert np.bincount(test.targets).tolist() == [1000] * 10
+    image, label = train[0]
+    assert image.size == (28, 28) and image.mode == "RGB" and source.classes[label] == "Ankle boot"
+
+
+def test_random_erasing_runs_on_the_batch_and_follows_the_seed():
+    module = digits_module(augment={"re_prob": 1.0, "hflip": 0.0})
+    module.resolve_transforms(timm.create_model("test_resnet", pretrained=False, num_classes=10))
+    images = torch.full((4, 3, 32, 32), 128, dtype=torch.uint8)
+    plain = module.batch_preprocess(images, training=False)
+    import random
+
+    def seeded(seed):  # what ReseedEveryStep does before every training step
+        random.seed(seed)
+        torch.manual_seed(seed)
+        return module.batch_preprocess(images, training=True)
+
+    erased, again = seeded(3), seeded(3)
+    assert not torch.equal(erased, plain) and torch.equal(erased, again)
+    assert torch.equal(module.batch_preprocess(images, training=False, dtype=torch.bfloat16), plain.bfloat16())

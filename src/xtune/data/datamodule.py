@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import inspect
+import logging
+import math
 import os
 from typing import Callable
 
@@ -13,6 +15,8 @@ from torch.utils.data import DataLoader
 from xtune.data.datasets import EpochShuffle, TransformedSubset
 from xtune.data.sources import Source
 from xtune.errors import XtuneConfigError, XtuneDataError
+
+log = logging.getLogger("xtune")
 
 
 def _stratified_split(targets, indices, count, seed):
@@ -34,9 +38,11 @@ class ImageDataModule(pl.LightningDataModule):
 
     Args mirror configs/data/*.yaml. `source` is a function returning a `Source`; `root` is passed
     to it when set; `classes` keeps only those classes (by name), relabelled in the given order;
-    `train_fraction` < 1 keeps a fixed stratified share of the training split (label budgets). Preprocessing keys (image_size, mean, std, interpolation, crop_pct) left null
-    take the backbone's pretrained data config; `augment` holds extra keyword arguments of
-    `timm.data.create_transform` for training.
+    `train_fraction` < 1 keeps a fixed stratified share of the training split (label budgets).
+    Preprocessing keys (image_size, mean, std, interpolation, crop_pct) left null take the
+    backbone's pretrained data config; `augment` holds extra keyword arguments of
+    `timm.data.create_transform` for training. `test_only` (eval.py on another folder) makes every
+    sample a test sample: the source's test split when it has one, else all of it.
     """
 
     def __init__(
@@ -48,7 +54,7 @@ class ImageDataModule(pl.LightningDataModule):
         eval_batch_size: int | None = None,
         num_workers: int | None = 0,
         pin_memory: bool = False,
-        persistent_workers: bool = False,
+        persistent_workers: bool = True,
         drop_last: bool = False,
         image_size: int | None = None,
         mean: list | None = None,
@@ -61,13 +67,16 @@ class ImageDataModule(pl.LightningDataModule):
         train_fraction: float = 1.0,
         split_seed: int = 0,
         shuffle_seed: int = 0,
+        test_only: bool = False,
     ):
         super().__init__()
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = min(8, os.cpu_count() or 1) if num_workers is None else num_workers
         self.pin_memory = pin_memory
+        # workers that live across epochs: starting them again every epoch costs seconds
         self.persistent_workers = persistent_workers and self.num_workers > 0
+        self.batch_preprocess = None  # set by resolve_transforms
         self.drop_last = drop_last
         self.preprocess = dict(
             img_size=image_size, mean=mean, std=std, interpolation=interpolation, crop_pct=crop_pct
@@ -79,6 +88,15 @@ class ImageDataModule(pl.LightningDataModule):
 
         loaded = self._load(source, root)
         self.classes, label_map = self._select(loaded.classes, classes)
+        if len(self.classes) < 2:
+            raise XtuneDataError(
+                f"the data has {len(self.classes)} class ({', '.join(self.classes) or 'none'}): a classifier "
+                "needs at least 2 classes to learn and measure anything; add class folders (or data.classes)"
+            )
+        if test_only:
+            available = loaded.splits.get("test", loaded.splits["train"])
+            self.splits = {"test": self._subset(available, None, label_map)}
+            return
         self.splits = self._split(loaded.splits, val_fraction, test_fraction, split_seed, label_map)
         if train_fraction < 1.0:  # a low-label regime: a fixed, stratified share of the training split
             train = self.splits["train"]
@@ -86,6 +104,7 @@ class ImageDataModule(pl.LightningDataModule):
             _, kept = _stratified_split(train.targets, list(range(len(train))), count, split_seed)
             self.splits["train"] = TransformedSubset(train.base, [train.indices[i] for i in kept],
                                                       label_map=train.label_map)
+        self._warn_missing_classes()
 
     @staticmethod
     def _load(source, root) -> Source:
@@ -110,12 +129,16 @@ class ImageDataModule(pl.LightningDataModule):
         return keep, {names.index(name): i for i, name in enumerate(keep)}
 
     @staticmethod
-    def _split(available: dict, val_fraction, test_fraction, seed, label_map) -> dict:
+    def _subset(dataset, indices, label_map) -> TransformedSubset:
+        indices = range(len(dataset)) if indices is None else indices
+        if label_map is not None:
+            indices = [i for i in indices if dataset.targets[i] in label_map]
+        return TransformedSubset(dataset, indices, label_map=label_map)
+
+    @classmethod
+    def _split(cls, available: dict, val_fraction, test_fraction, seed, label_map) -> dict:
         def subset(dataset, indices=None):
-            indices = range(len(dataset)) if indices is None else indices
-            if label_map is not None:
-                indices = [i for i in indices if dataset.targets[i] in label_map]
-            return TransformedSubset(dataset, indices, label_map=label_map)
+            return cls._subset(dataset, indices, label_map)
 
         base = available["train"]
         pool = subset(base).indices
@@ -140,17 +163,52 @@ class ImageDataModule(pl.LightningDataModule):
                 )
         return splits
 
+    def _warn_missing_classes(self) -> None:
+        """A class absent from a split is not measured there: say so (it is legal, not good)."""
+        for name in ("train", "val", "test"):
+            present = set(self.splits[name].targets)
+            missing = [c for i, c in enumerate(self.classes) if i not in present]
+            if missing:
+                log.warning("%d of %d classes have no %s images (%s): %s; add images of %s",
+                            len(missing), self.num_classes, name, ", ".join(missing[:5]),
+                            "they are not measured" if name != "train" else "they cannot be learned",
+                            "those classes" if len(missing) > 1 else "that class")
+
+    def fingerprint(self) -> dict:
+        """What the data is: classes, split sizes and a hash of every split's samples (file list,
+        or pixels and labels). A resumed run must see the same; cheap (no image is decoded)."""
+        import hashlib
+
+        digest = hashlib.sha1()
+        identities = {}
+        for name in sorted(self.splits):
+            split = self.splits[name]
+            base = split.base
+            if id(base) not in identities:
+                identities[id(base)] = base.identity() if hasattr(base, "identity") else str(len(base))
+            digest.update(f"{name}:{identities[id(base)]}:".encode())
+            digest.update(torch.tensor(split.indices, dtype=torch.int64).numpy().tobytes())
+        return {"classes": list(self.classes), "sizes": {n: len(s) for n, s in sorted(self.splits.items())},
+                "content": digest.hexdigest()}
+
     def resolve_transforms(self, model: torch.nn.Module) -> dict:
-        """Build train/eval transforms from the model's pretrained data config (timm's own)."""
+        """Build the transforms from the model's pretrained data config (timm's own): per sample
+        (decode, resize, crop, flip, ...) to a uint8 tensor, and per batch (`self.batch_preprocess`:
+        normalisation, random erasing), which the module runs on its device."""
         from timm.data import create_transform, resolve_data_config
+
+        from xtune.data.preprocess import BatchPreprocess
 
         args = {key: value for key, value in self.preprocess.items() if value is not None}
         self.data_config = resolve_data_config(args, model=model)
-        train = create_transform(**self.data_config, is_training=True, **self.augment)
-        evaluation = create_transform(**self.data_config, is_training=False)
-        self.splits["train"].transform = train
-        for name in ("val", "test"):
-            self.splits[name].transform = evaluation
+        evaluation = create_transform(**self.data_config, is_training=False, use_prefetcher=True)
+        for name, split in self.splits.items():
+            split.transform = evaluation
+        if "train" in self.splits:
+            self.splits["train"].transform = create_transform(**self.data_config, is_training=True,
+                                                              use_prefetcher=True, **self.augment)
+        erasing = {key: self.augment[key] for key in ("re_prob", "re_mode", "re_count") if self.augment.get(key)}
+        self.batch_preprocess = BatchPreprocess(self.data_config["mean"], self.data_config["std"], **erasing)
         return self.data_config
 
     @property
@@ -166,6 +224,21 @@ class ImageDataModule(pl.LightningDataModule):
             **kwargs,
         )
 
+    def _drop_last(self) -> bool:
+        """drop_last as configured, or when the last batch of an epoch would hold one image:
+        BatchNorm cannot train on a batch of one (timm's train.py always drops the ragged batch)."""
+        if self.drop_last:
+            return True
+        trainer = getattr(self, "trainer", None)
+        processes = max(int(getattr(trainer, "world_size", 1) or 1), 1)
+        per_process = math.ceil(len(self.splits["train"]) / processes)  # a distributed sampler pads
+        if per_process % self.batch_size == 1:
+            log.info("the last training batch of each epoch would hold 1 image (%d images, batch size %d): "
+                     "dropping it, since BatchNorm cannot train on one (data.drop_last=true drops every "
+                     "ragged batch)", per_process, self.batch_size)
+            return True
+        return False
+
     def train_dataloader(self) -> DataLoader:
         generator = torch.Generator()
         sampler = EpochShuffle(len(self.splits["train"]), self.shuffle_seed, generator, skip=self.resume_skip_samples)
@@ -175,7 +248,7 @@ class ImageDataModule(pl.LightningDataModule):
             batch_size=self.batch_size,
             sampler=sampler,
             generator=generator,
-            drop_last=self.drop_last,
+            drop_last=self._drop_last(),
         )
 
     def val_dataloader(self) -> DataLoader:

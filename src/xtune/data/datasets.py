@@ -27,6 +27,14 @@ class ArrayImages(Dataset):
     def __getitem__(self, index: int):
         return Image.fromarray(self.images[index]).convert("RGB"), self.targets[index]
 
+    def identity(self) -> str:
+        """A hash of the pixels and labels (resume checks: the same data, not just its size)."""
+        import hashlib
+
+        digest = hashlib.sha1(np.ascontiguousarray(self.images).data)
+        digest.update(np.asarray(self.targets, dtype=np.int64).tobytes())
+        return digest.hexdigest()
+
 
 class TensorImages(Dataset):
     """`length` samples cycling through a pool of preprocessed image tensors (synthetic data).
@@ -44,6 +52,13 @@ class TensorImages(Dataset):
 
     def __getitem__(self, index: int):
         return self.pool[index % len(self.pool)], self.targets[index]
+
+    def identity(self) -> str:
+        import hashlib
+
+        digest = hashlib.sha1(self.pool.numpy().tobytes())
+        digest.update(str(len(self.targets)).encode())
+        return digest.hexdigest()
 
 
 class TransformedSubset(Dataset):

@@ -53,8 +53,99 @@ def load_image(path: str):
         ) from None
 
 
-def _class_folder(path: Path):
-    from torchvision.datasets import ImageFolder
+def _image_files(folder: Path, root: Path, seen: dict) -> list[str]:
+    """Image files under `folder`, following links, each real file once, in a stable order.
+
+    Our own walk because torchvision's ImageFolder follows every link with os.walk: a link to an
+    ancestor (`cat/loop -> ..`) silently multiplied the data set with wrong labels. A link that
+    leads back into the folders being walked is refused, naming the link. `seen` maps each real
+    file to the class folder it was first found in: a file in two classes is refused.
+    """
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
+    found = []
+
+    def walk(directory: Path, ancestors: tuple) -> None:
+        entries = sorted(os.scandir(directory), key=lambda e: e.name)
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            if entry.is_dir():  # follows links
+                identity = (entry.stat().st_dev, entry.stat().st_ino)
+                if identity in ancestors:
+                    raise XtuneDataError(
+                        f"{entry.path} links back to {os.path.realpath(entry.path)}, a folder it is inside of "
+                        f"(a link loop in data.root {root}); remove the link"
+                    )
+                walk(Path(entry.path), ancestors + (identity,))
+            elif entry.is_file() and entry.name.lower().endswith(IMG_EXTENSIONS):
+                identity = (entry.stat().st_dev, entry.stat().st_ino)
+                first = seen.setdefault(identity, (entry.path, folder))
+                if first[1] != folder:
+                    raise XtuneDataError(
+                        f"{entry.path} and {first[0]} are the same file in two class folders "
+                        f"({first[1].name}, {folder.name}); keep it in one"
+                    )
+                if first[0] == entry.path:  # a second link to a file already counted: one sample
+                    found.append(entry.path)
+
+    top, data_root = folder.stat(), root.stat()
+    walk(folder, ((data_root.st_dev, data_root.st_ino), (top.st_dev, top.st_ino)))
+    return found
+
+
+def _check_headers(paths: list[str]) -> None:
+    """Every image must open (its header read, not decoded) before any training starts: a bad
+    file found after an epoch of training costs that epoch. Threads, since this is file I/O."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from PIL import Image
+
+    def problem(path: str) -> str | None:
+        try:
+            with Image.open(path) as image:
+                if image.width < 1 or image.height < 1:
+                    return f"{path} (empty image)"
+        except (OSError, ValueError, Image.DecompressionBombError) as error:
+            return f"{path} ({type(error).__name__}: {' '.join(str(error).split())[:120]})"
+        return None
+
+    workers = min(16, 2 * (os.cpu_count() or 1)) if len(paths) > 256 else 1
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        bad = [p for p in pool.map(problem, paths, chunksize=64) if p]
+    if bad:
+        raise XtuneDataError(
+            f"{len(bad)} of {len(paths)} images cannot be read, e.g. {'; '.join(bad[:3])}; "
+            "delete or replace them, then run again"
+        )
+
+
+class ImageFiles:
+    """A folder of class folders as a dataset: (RGB PIL image, class index), `.targets`,
+    `.classes`, and `.identity()` (what the files are, for resume checks)."""
+
+    def __init__(self, folder: Path, classes: list[str], samples: list[tuple[str, int]]):
+        self.folder, self.classes, self.samples = folder, classes, samples
+        self.targets = [label for _, label in samples]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int):
+        path, label = self.samples[index]
+        return load_image(path), label
+
+    def identity(self) -> str:
+        """A hash of the file list (relative path, size, class), cheap: no file is read."""
+        import hashlib
+
+        digest = hashlib.sha1()
+        for path, label in self.samples:
+            digest.update(f"{os.path.relpath(path, self.folder)}\t{os.path.getsize(path)}\t{label}\n".encode())
+        return digest.hexdigest()
+
+
+def _class_folder(path: Path) -> ImageFiles:
     from torchvision.datasets.folder import IMG_EXTENSIONS
 
     names = sorted(e.name for e in os.scandir(path) if e.is_dir() and not e.name.startswith("."))
@@ -64,13 +155,17 @@ def _class_folder(path: Path):
             f"no class folders in {path} ({loose} loose files): put each class's images in "
             f"{path}/<class name>/, e.g. {path}/cat/001.jpg"
         )
-    try:
-        return ImageFolder(str(path), loader=load_image)
-    except FileNotFoundError as error:
-        raise XtuneDataError(
-            f"{error} (in {path}); every class folder needs at least one image "
-            f"({', '.join(IMG_EXTENSIONS)})"
-        ) from None
+    samples, seen = [], {}
+    for label, name in enumerate(names):
+        files = _image_files(path / name, path, seen)
+        if not files:
+            raise XtuneDataError(
+                f"class folder {path / name} holds no images ({', '.join(IMG_EXTENSIONS)}); "
+                "add images or remove the folder"
+            )
+        samples += [(file, label) for file in files]
+    _check_headers([file for file, _ in samples])
+    return ImageFiles(path, names, samples)
 
 
 def imagefolder(root: str) -> Source:
@@ -155,33 +250,58 @@ def _find_idx(root: Path) -> dict | None:
     return None
 
 
-def mnist(root: str, download: bool = False) -> Source:
-    """MNIST from its four IDX files under `root` (or root/MNIST/raw, torchvision's layout).
-
-    With `download=true` torchvision fetches them first (needs internet).
-    """
+def _idx_source(path: Path, classes: list[str], missing: str) -> Source:
+    """A data set of four IDX files (MNIST's format) found under `path`."""
     from xtune.data.datasets import ArrayImages
 
-    path = Path(root).expanduser()
     files = _find_idx(path) if path.is_dir() else None
-    if files is None and download:
-        from torchvision.datasets import MNIST
-
-        for train in (True, False):
-            MNIST(str(path), train=train, download=True)
-        files = _find_idx(path)
     if files is None:
-        raise XtuneDataError(
-            f"no MNIST IDX files under {path}: put train-images-idx3-ubyte, train-labels-idx1-ubyte, "
-            "t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte (or their .gz) there, or add "
-            "data.source.download=true on a machine with internet"
-        )
+        raise XtuneDataError(missing)
     arrays = {key: read_idx(file) for key, file in files.items()}
     splits = {
         split: ArrayImages(arrays[f"{split}_images"], arrays[f"{split}_labels"])
         for split in ("train", "test")
     }
-    return Source(splits, [str(i) for i in range(10)])
+    return Source(splits, classes)
+
+
+def mnist(root: str, download: bool = False) -> Source:
+    """MNIST from its four IDX files under `root` (or root/MNIST/raw, torchvision's layout).
+
+    With `download=true` torchvision fetches them first (needs internet).
+    """
+    path = Path(root).expanduser()
+    if download and (not path.is_dir() or _find_idx(path) is None):
+        from torchvision.datasets import MNIST
+
+        try:
+            for train in (True, False):
+                MNIST(str(path), train=train, download=True)
+        except (RuntimeError, OSError) as error:  # every mirror failed: no network, most often
+            reason = [line for line in str(error).splitlines() if line.strip()][-1:] or [type(error).__name__]
+            raise XtuneDataError(
+                f"data.source.download=true could not download MNIST into {path} ({reason[0].strip()}); "
+                "without internet, copy the four IDX files there (or pass data.root=/folder/with/them)"
+            ) from None
+    return _idx_source(path, [str(i) for i in range(10)], (
+        f"no MNIST IDX files under {path}: put train-images-idx3-ubyte, train-labels-idx1-ubyte, "
+        "t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte (or their .gz) there, or add "
+        "data.source.download=true on a machine with internet"))
+
+
+#: Fashion-MNIST's labels, in label order (its README)
+FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                   "Ankle boot"]
+
+
+def fashion_mnist(root: str = "/usr/share/datasets/fashion-mnist") -> Source:
+    """Zalando's Fashion-MNIST (60k train, 10k test, 28x28 grayscale, 10 clothing classes) from its
+    four IDX files: where Debian's `dataset-fashion-mnist` package puts them, or under `root`."""
+    path = Path(root).expanduser()
+    return _idx_source(path, list(FASHION_CLASSES), (
+        f"no Fashion-MNIST IDX files under {path}: install them with apt-get install dataset-fashion-mnist "
+        "(Debian/Ubuntu, into /usr/share/datasets/fashion-mnist), or pass data.root=/folder/with/the/four/files "
+        "(train-images-idx3-ubyte.gz, ...)"))
 
 
 def cifar10(root: str, download: bool = False) -> Source:
@@ -194,9 +314,10 @@ def cifar10(root: str, download: bool = False) -> Source:
     for split, train in (("train", True), ("test", False)):
         try:
             dataset = CIFAR10(str(Path(root).expanduser()), train=train, download=download)
-        except RuntimeError as error:
+        except (RuntimeError, OSError) as error:
+            reason = " ".join(str(error).split())[:200]
             raise XtuneDataError(
-                f"CIFAR-10 not found under {root} ({error}); put cifar-10-batches-py there "
+                f"CIFAR-10 not found under {root} ({reason}); put cifar-10-batches-py there "
                 "or add data.source.download=true on a machine with internet"
             ) from None
         splits[split] = ArrayImages(dataset.data, dataset.targets)
