@@ -6,6 +6,7 @@ holds all torch_xla code, info.py describes the hardware for run summaries.
 """
 
 from xtune.hardware.profile import (
+    apply_memory_format,
     callbacks,
     is_rank_zero,
     prepare,
@@ -13,4 +14,5 @@ from xtune.hardware.profile import (
     wants_channels_last,
 )
 
-__all__ = ["callbacks", "is_rank_zero", "prepare", "prepare_ddp_relaunch", "wants_channels_last"]
+__all__ = ["apply_memory_format", "callbacks", "is_rank_zero", "prepare", "prepare_ddp_relaunch",
+           "wants_channels_last"]

@@ -78,6 +78,12 @@ def check_available(kind: str, accelerator) -> None:
         raise XtuneConfigError("trainer.accelerator=mps but Apple MPS is not available; use trainer=cpu")
     if kind == "tpu":
         if not xla_available():
+            if isinstance(accelerator, (dict, DictConfig)):  # trainer=xla_cpu / xtune-xla-check
+                raise XtuneConfigError(
+                    "XLA on this CPU (trainer=xla_cpu, xtune-xla-check) needs torch_xla, which is not installed: "
+                    "in a separate venv run pip install -e \".[tpu]\" (pins torch==2.9.0, torch_xla==2.9.0), "
+                    "then run the same command there (PJRT_DEVICE=CPU is set for you)"
+                )
             raise XtuneConfigError(
                 "trainer=tpu needs torch_xla: on the TPU VM run pip install -e \".[tpu]\" "
                 "(pins torch==2.9.0, torchvision==0.24.0, torch_xla[tpu]==2.9.0)"
@@ -136,16 +142,23 @@ def prepare(cfg: DictConfig) -> str:
     return kind
 
 
-def wants_channels_last(setting, kind: str, backbone) -> bool:
-    """channels_last: true/false, or auto = convolutional backbones on a GPU."""
+def wants_channels_last(cfg: DictConfig, kind: str, backbone) -> bool:
+    """hardware.channels_last: true/false, or auto = convolutional backbones on a GPU."""
     import torch
 
+    setting = (cfg.get("hardware") or {}).get("channels_last")
     if setting in (True, "true", "True"):
         return True
     if setting != "auto" or kind not in ("cuda", "mps"):
         return False
     convolutions = sum(isinstance(m, torch.nn.Conv2d) for m in backbone.modules())
     return convolutions > 1  # a ViT has one (its patch embedding)
+
+
+def apply_memory_format(cfg: DictConfig, kind: str, module) -> None:
+    """NHWC weights and batches for the module when the profile asks for it (wants_channels_last)."""
+    if wants_channels_last(cfg, kind, module.backbone):
+        module.use_channels_last()
 
 
 def callbacks(cfg: DictConfig, kind: str) -> list:

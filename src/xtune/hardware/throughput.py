@@ -106,3 +106,30 @@ class Stopwatch:
     def stop(self) -> float:
         synchronize(self.device)
         return time.perf_counter() - self.started
+
+
+def memory_report(trainer, pl_module) -> dict:
+    """Peak memory of the fit: device (CUDA), process RSS (Linux), and the training state."""
+
+    def mb(value):
+        return round(value / 2**20, 1) if value else None
+
+    params = sum(p.numel() * p.element_size() for p in pl_module.parameters())
+    grads = sum(p.numel() * p.element_size() for p in pl_module.parameters() if p.requires_grad)
+    optimizer_state = sum(
+        t.numel() * t.element_size()
+        for optimizer in trainer.optimizers for state in optimizer.state.values()
+        for t in state.values() if torch.is_tensor(t)
+    )
+    device = trainer.strategy.root_device
+    peak_rss = None
+    try:
+        with open("/proc/self/status") as handle:
+            peak_rss = next(int(line.split()[1]) * 1024 for line in handle if line.startswith("VmHWM"))
+    except (OSError, StopIteration, ValueError):
+        pass
+    return {
+        "peak_device_mb": mb(peak_memory_bytes(device)),
+        "peak_process_rss_mb": mb(peak_rss),
+        "training_state_mb": mb(params + grads + optimizer_state),  # weights + gradients + optimizer state
+    }

@@ -1,7 +1,7 @@
 """Preemption is normal: stop at a step boundary, save, let the cluster requeue, resume exactly.
 
-- `AtomicCheckpointIO`: a checkpoint is written to a temporary file and renamed into place, so a
-  kill during the write leaves the previous `last.ckpt` intact (Lightning writes in place).
+- checkpoints are written atomically (`xtune.hardware.checkpoint_io`), so a kill during a write
+  leaves the previous `last.ckpt` intact.
 - `GracefulStop`: SIGUSR1 / SIGUSR2 (SLURM's and submitit's preemption and time-limit signals)
   and Ctrl-C make Lightning stop after the current batch, as it already does for SIGTERM; the
   callback then saves `checkpoints/last.ckpt` and, for SLURM's signals, hands the signal to
@@ -18,33 +18,14 @@ import logging
 import os
 import signal
 import subprocess
-import tempfile
 import warnings
 from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
-from lightning_fabric.plugins import TorchCheckpointIO
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 log = logging.getLogger("xtune")
-
-
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """torch.save into a temporary file beside the target, then os.replace (atomic on POSIX)."""
-
-    def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
-        target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        handle, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-        os.close(handle)
-        try:
-            torch.save(checkpoint, tmp)
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, target)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
 
 
 def in_submitit() -> bool:
