@@ -20,8 +20,7 @@ def offline_env(tmp_path: Path, **extra) -> dict:
     for key in ("WANDB_API_KEY", "WANDB_MODE", "HF_ENDPOINT", "HYDRA_FULL_ERROR"):
         env.pop(key, None)
     env.update(
-        HF_HOME=str(tmp_path / "hf_home"),
-        HF_HUB_OFFLINE="1",
+        HF_HUB_OFFLINE="1",  # and HF_HOME: the empty cache conftest.py sets up for the whole session
         TORCH_HOME=str(tmp_path / "torch_home"),
         NETRC=str(tmp_path / "no_netrc"),
         WANDB_DIR=str(tmp_path / "wandb_dir"),
@@ -33,17 +32,102 @@ def offline_env(tmp_path: Path, **extra) -> dict:
     return env
 
 
-def run_cli(script: str, *overrides: str, tmp_path: Path, env: dict | None = None,
-            timeout: int = 600) -> subprocess.CompletedProcess:
-    """Run `python <script> overrides...` from the repository root, as a user would."""
-    return subprocess.run(
-        [sys.executable, str(ROOT / script), *overrides],
-        cwd=ROOT,
-        env=env or offline_env(tmp_path),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+#: Modules every xtune command imports: imported once by a fork server, so each CLI run in the
+#: tests costs its work, not ~8 s of importing torch, timm and Lightning again.
+PRELOAD = ["torch", "torchvision", "timm", "pytorch_lightning", "torchmetrics", "hydra", "omegaconf", "wandb",
+           "sklearn.model_selection", "sklearn.datasets", "matplotlib.pyplot", "rich", "peft", "xtune.cli",
+           "xtune.tasks.train", "xtune.tasks.evaluate", "xtune.data", "xtune.models.module", "helpers"]
+#: environment variables read when those modules are imported: a run that changes one of them
+#: gets a fresh Python instead of the fork server
+IMPORT_TIME_ENV = ("HF_HUB_OFFLINE", "HF_HOME", "HF_HUB_CACHE", "HF_ENDPOINT")
+_SERVER: dict = {}
+
+
+def _run_in_child(argv: list[str], cwd: str, env: dict, out: str, err: str) -> None:
+    """In a process forked from the server: become `argv` run from `cwd` with `env`, as a shell
+    would start it (`python train.py ...` runs train.py as __main__; `xtune-x` its entry point)."""
+    import runpy
+
+    os.chdir(cwd)
+    os.environ.clear()
+    os.environ.update(env)
+    for fd, path in ((1, out), (2, err)):
+        os.dup2(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644), fd)
+    code = 0
+    try:
+        if argv[0] in ("python", "python3", sys.executable):
+            sys.argv = argv[1:]
+            runpy.run_path(argv[1], run_name="__main__")
+        else:
+            from importlib.metadata import entry_points
+
+            sys.argv = argv
+            (entry,) = entry_points(group="console_scripts", name=argv[0])
+            returned = entry.load()()  # the console script does sys.exit(main())
+            code = returned if isinstance(returned, int) else (0 if returned is None else 1)
+    except SystemExit as stop:
+        code = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
+    except BaseException:  # noqa: BLE001 - what the interpreter would print, and its exit code
+        import traceback
+
+        traceback.print_exc()
+        code = 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def _server():
+    import multiprocessing
+
+    if "context" not in _SERVER:
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload(PRELOAD)
+        _SERVER["context"] = context
+        _SERVER["env"] = {k: os.environ.get(k) for k in IMPORT_TIME_ENV}  # the server starts with these
+    return _SERVER["context"]
+
+
+def run(argv: list[str], *, tmp_path: Path, env: dict | None = None, cwd: Path = ROOT, timeout: int = 600,
+        fresh: bool = False) -> subprocess.CompletedProcess:
+    """Run a command line (`python train.py ...`, `xtune-eval ...`) from `cwd`, as a user would.
+
+    By default through the fork server (same argv, working directory and environment; the
+    modules are imported already); `fresh=True`, or an environment that changes what those
+    imports read, starts a new Python.
+    """
+    env = env or offline_env(tmp_path)
+    argv = [sys.executable if a in ("python", "python3") else a for a in argv]
+    context = _server()
+    if fresh or any(env.get(k) != v for k, v in _SERVER["env"].items()):
+        command = argv if argv[0] == sys.executable else [str(Path(sys.executable).parent / argv[0]), *argv[1:]]
+        return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    import uuid
+
+    name = uuid.uuid4().hex[:8]
+    out, err = tmp_path / f".stdout-{name}", tmp_path / f".stderr-{name}"
+    process = context.Process(target=_run_in_child, args=(argv, str(cwd), env, str(out), str(err)))
+    process.start()
+    process.join(timeout)
+    if process.exitcode is None:
+        process.kill()
+        process.join()
+        raise subprocess.TimeoutExpired(argv, timeout)
+    result = subprocess.CompletedProcess(argv, process.exitcode, out.read_text(), err.read_text())
+    out.unlink()
+    err.unlink()
+    return result
+
+
+def run_cli(script: str, *overrides: str, tmp_path: Path, env: dict | None = None, timeout: int = 600,
+            cwd: Path = ROOT, fresh: bool = False) -> subprocess.CompletedProcess:
+    """Run `python <script> overrides...` (from the repository root unless `cwd` is given)."""
+    return run(["python", str(Path(cwd) / script) if cwd == ROOT else script, *overrides],
+               tmp_path=tmp_path, env=env, cwd=cwd, timeout=timeout, fresh=fresh)
+
+
+#: the run every resumed or preempted run must reproduce (conftest.reference_run: resume and cluster tests)
+REFERENCE = ["experiment=quickstart", "logger=csv", "trainer.max_epochs=3", "data.batch_size=16"]
 
 
 def summary(run_dir: Path) -> dict:
@@ -63,6 +147,26 @@ def write_image_folder(root: Path, classes=("red", "green", "blue"), per_class: 
             pixels = rng.integers(0, 90, size=(size, size, 3), dtype=np.uint8)
             pixels[..., index % 3] = rng.integers(160, 255, size=(size, size), dtype=np.uint8)
             Image.fromarray(pixels).save(folder / f"{i:03d}.png")
+    return root
+
+
+def write_digit_scans(root: Path, per_class: int = 6, start: int = 1500) -> Path:
+    """Class folders 0-9 of PNG scans: scikit-learn digits the quickstart split never used for
+    training are not guaranteed, so take them from the end (a folder to evaluate a digits model on)."""
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    counts = {label: 0 for label in range(10)}
+    for index in range(start, len(digits.target)):
+        label = int(digits.target[index])
+        if counts[label] >= per_class:
+            continue
+        folder = root / str(label)
+        folder.mkdir(parents=True, exist_ok=True)
+        pixels = np.round(digits.images[index] * (255.0 / 16.0)).astype(np.uint8)
+        Image.fromarray(pixels).resize((32, 32), Image.NEAREST).save(folder / f"{index}.png")
+        counts[label] += 1
     return root
 
 

@@ -34,6 +34,7 @@ class RunStats(pl.Callback):
         self._steps = 0
         self._last: float | None = None
         self.first_step_at: float | None = None  # wall clock (time.time) of the first training step
+        self.last_step_at: float | None = None
         self.memory: dict = {}
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
@@ -41,6 +42,7 @@ class RunStats(pl.Callback):
             self.first_step_at = time.time()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.last_step_at = time.time()
         now = time.perf_counter()
         self._steps += 1
         if self._last is not None and self._steps > self.warmup_steps:
@@ -94,6 +96,8 @@ class RunStats(pl.Callback):
             pass
 
     def on_train_end(self, trainer, pl_module) -> None:
+        from xtune.hardware.throughput import memory_report
+
         self.memory = memory_report(trainer, pl_module)
 
     @property
@@ -136,10 +140,11 @@ class FiniteLoss(pl.Callback):
 
 
 class StoreRunInfo(pl.Callback):
-    def __init__(self, config: dict, classes: list, data_config: dict, weight_source: str):
+    def __init__(self, config: dict, classes: list, data_config: dict, weight_source: str, data: dict | None = None):
         self.info = {
             "config": config,
             "classes": list(classes),
+            "data": data,  # the data's fingerprint (xtune.data.ImageDataModule.fingerprint)
             "data_config": {k: list(v) if isinstance(v, tuple) else v for k, v in data_config.items()},
             "weight_source": weight_source,
         }
@@ -178,31 +183,3 @@ class ReseedEveryStep(pl.Callback):
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         self._reseed(trainer, trainer.fit_loop.epoch_loop.total_batch_idx)
-
-
-def memory_report(trainer, pl_module) -> dict:
-    """Peak memory of the fit: device (CUDA), process RSS (Linux), and the training state."""
-    import torch
-
-    def mb(value):
-        return round(value / 2**20, 1) if value else None
-
-    params = sum(p.numel() * p.element_size() for p in pl_module.parameters())
-    grads = sum(p.numel() * p.element_size() for p in pl_module.parameters() if p.requires_grad)
-    optimizer_state = sum(
-        t.numel() * t.element_size()
-        for optimizer in trainer.optimizers for state in optimizer.state.values()
-        for t in state.values() if torch.is_tensor(t)
-    )
-    device = trainer.strategy.root_device
-    peak_rss = None
-    try:
-        with open("/proc/self/status") as handle:
-            peak_rss = next(int(line.split()[1]) * 1024 for line in handle if line.startswith("VmHWM"))
-    except (OSError, StopIteration, ValueError):
-        pass
-    return {
-        "peak_device_mb": mb(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else None,
-        "peak_process_rss_mb": mb(peak_rss),
-        "training_state_mb": mb(params + grads + optimizer_state),  # weights + gradients + optimizer state
-    }

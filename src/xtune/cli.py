@@ -6,6 +6,7 @@ config in well under a second; the heavy imports happen inside the tasks.
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
 import shutil
@@ -22,6 +23,7 @@ USAGE = {
     "export": "xtune-export ckpt_path=RUN/checkpoints/best.ckpt [export_dir=DIR]",
     "bench": "python bench.py [group=option ...] [bench.batch_sizes=[..] bench.precisions=[..] ...]",
     "xla_check": "xtune-xla-check [group=option ...] [key=value ...]      (XLA on CPU: needs the [tpu] extra)",
+    "convert": "xtune-convert model.weights=FILE model.name=TIMM_NAME [out_dir=DIR] [mean=[..] std=[..] ...]",
 }
 
 
@@ -30,6 +32,9 @@ EXTRAS = (
     ("hydra/launcher=slurm", "hydra_plugins.hydra_submitit_launcher", "slurm"),
     ("hydra/launcher=ray", "hydra_plugins.hydra_ray_launcher", "ray"),
     ("hparams_search=optuna", "optuna", "optuna"),
+    ("finetune=lora", "peft", "lora"),
+    ("logger=tensorboard", "tensorboard", "tensorboard"),
+    ("logger=all", "tensorboard", "tensorboard"),
 )
 
 
@@ -43,6 +48,21 @@ def missing_extra(args: list[str], find_spec=None) -> str | None:
         for prefix, module, extra in EXTRAS:
             if arg.startswith(prefix) and find_spec(module) is None:
                 return f"{arg} needs the [{extra}] extra: pip install -e \".[{extra}]\" (or pip install 'xtune[{extra}]')"
+    return None
+
+
+def missing_cluster(args: list[str], which=None) -> str | None:
+    """A cluster launcher where there is no cluster: SLURM not installed (submitit would raise
+    'Could not detect srun'), or ray_tpu without a Ray cluster (a local Ray has no TPU chips, so
+    its jobs would wait for them forever)."""
+    which = which or shutil.which
+    if any(a.startswith("hydra/launcher=slurm") for a in args) and which("sbatch") is None:
+        return ("hydra/launcher=slurm needs SLURM, but this machine has no sbatch on its PATH: run the command on "
+                "the cluster's login node, or drop hydra/launcher=slurm to run the jobs here one after another")
+    if "hydra/launcher=ray_tpu" in args and not os.environ.get("RAY_ADDRESS"):
+        return ("hydra/launcher=ray_tpu asks a Ray cluster of TPU VMs for {TPU: 4} per job, but RAY_ADDRESS is not set "
+                "and a local Ray has no TPU chips: set RAY_ADDRESS=<head>:6379 (configs/hydra/launcher/ray.yaml), "
+                "or use hydra/launcher=ray")
     return None
 
 
@@ -81,12 +101,17 @@ def _record_failure(run_dir: str | None, error: BaseException) -> None:
     write_json(path, {**previous, "status": "failed", "error": " ".join(line.split())[:1000]})
 
 
+#: OS errors that are the machine's state, not a bug: one line, exit 2 (see explain.os_error_line)
+USER_OS_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+
+
 def _guarded(task):
     """Run a task; an XtuneError becomes one line on stderr and exit code 2.
 
     In a multirun a failing job is recorded (its summary.json says why, the traceback goes to
     its log) and returns None, so the remaining jobs run and sweepers see a failed trial. An
-    interruption (SIGTERM, preemption) ends the whole process either way.
+    interruption (SIGTERM, preemption) ends the whole process either way. The loggers are
+    finished before the error is printed, so the error is the last line on the screen.
     """
 
     @functools.wraps(task)
@@ -96,17 +121,18 @@ def _guarded(task):
         from hydra.core.hydra_config import HydraConfig
         from hydra.types import RunMode
 
+        from xtune.config.explain import os_error_line
         from xtune.errors import XtuneInterrupted
         from xtune.loggers import finish_wandb
 
         hydra_cfg = HydraConfig.get()
-        exit_code = 1
+        multirun = hydra_cfg.mode == RunMode.MULTIRUN
         try:
-            result = task(cfg)
-            exit_code = 0
-            return result
+            return task(cfg)
         except Exception as error:
-            multirun = hydra_cfg.mode == RunMode.MULTIRUN
+            finish_wandb(1)
+            if isinstance(error, OSError) and error.errno in USER_OS_ERRORS and error.filename:
+                error = XtuneError(os_error_line(error))
             if multirun and not isinstance(error, XtuneInterrupted):
                 logging.getLogger("xtune").exception("job %s failed", hydra_cfg.job.get("num"))
                 _record_failure(hydra_cfg.runtime.output_dir, error)
@@ -116,19 +142,30 @@ def _guarded(task):
                 return None
             if not isinstance(error, XtuneError):
                 raise
-            print(f"error: {error.one_line()}", file=sys.stderr, flush=True)
             if not multirun:
                 _discard_if_empty(hydra_cfg.runtime.output_dir, cfg.get("task_name", ""))
-            exit_code = error.exit_code
+            print(f"error: {error.one_line()}", file=sys.stderr, flush=True)
             sys.exit(error.exit_code)
         finally:
-            finish_wandb(exit_code)
+            finish_wandb(0)  # no-op when already finished
 
     return run
 
 
+def _keys_of(path: Path) -> list[str]:
+    """`key  # comment` lines of a flat YAML config, for --help (no YAML parser needed)."""
+    lines = []
+    for line in path.read_text().splitlines():
+        if line and not line.startswith((" ", "#", "-", "_", "defaults")) and ":" in line:
+            key, _, rest = line.partition(":")
+            comment = rest.split("#", 1)[1].strip() if "#" in rest else ""
+            lines.append(f"  model.{key:<16} {comment}")
+    return lines
+
+
 def fast_help(config_name: str) -> str:
-    """--help without composing: Hydra's own help composes the config once per group (~1 s)."""
+    """--help without composing: Hydra's own help composes the config once per group (~1 s).
+    The one help text of every command (configs/hydra/default.yaml keeps none)."""
     groups = []
     for group in sorted(os.listdir(CONFIG_DIR)):
         folder = Path(CONFIG_DIR) / group
@@ -141,15 +178,17 @@ def fast_help(config_name: str) -> str:
         "",
         f"Usage: {USAGE[config_name]}",
         "",
-        "Examples:",
-        "  python train.py experiment=quickstart                 # offline, CPU, about a minute",
+        "Examples (README.md has the tour):",
+        "  python train.py experiment=quickstart                 # offline, CPU, a minute or two",
         "  python train.py model=convnext data=imagefolder data.root=/data/pets",
-        "  python train.py model.name=resnet18 optim.lr=3e-4 trainer.max_epochs=20",
         "  python eval.py ckpt_path=logs/train/runs/RUN/checkpoints/best.ckpt",
         "  python train.py -m model=resnet,vit seed=1,2,3         # a sweep",
         "",
         "Config groups (group=option, files in configs/<group>/<option>.yaml):",
         *groups,
+        "",
+        "Model keys (configs/model/resnet.yaml; every model option starts from it):",
+        *_keys_of(Path(CONFIG_DIR) / "model" / "resnet.yaml"),
         "",
         f"configs/{config_name}.yaml:",
         *("  " + line for line in primary.rstrip().splitlines()),
@@ -164,17 +203,18 @@ def _main(config_name: str, task_path: str):
 
     def main() -> None:
         args = sys.argv[1:]
-        if ("--help" in args or "-h" in args) and all(a.startswith("-") for a in args):
+        if "--help" in args or "-h" in args:
             print(fast_help(config_name))
             return
 
-        problem = argument_conflict(args) or missing_extra(args)
+        problem = argument_conflict(args) or missing_extra(args) or missing_cluster(args)
         if problem:
             print(f"error: {problem}", file=sys.stderr)
             sys.exit(2)
 
         import hydra
 
+        from xtune.config.explain import explain
         from xtune.config.resolvers import register
 
         register()
@@ -186,7 +226,20 @@ def _main(config_name: str, task_path: str):
 
             return getattr(importlib.import_module(module_name), function_name)(cfg)
 
-        task()
+        # Hydra prints its errors as a trimmed traceback and exits 1; with HYDRA_FULL_ERROR it
+        # raises them, and those a user caused become one line here.
+        os.environ["HYDRA_FULL_ERROR"] = "1"
+        try:
+            task()
+        except XtuneError as error:  # raised outside a job: by a sweeper
+            print(f"error: {error.one_line()}", file=sys.stderr, flush=True)
+            sys.exit(error.exit_code)
+        except Exception as error:
+            line = explain(error, args, CONFIG_DIR, config_name)
+            if line is None:
+                raise
+            print(f"error: {line}", file=sys.stderr, flush=True)
+            sys.exit(2)
 
     main.__name__ = main.__qualname__ = config_name
     return main
@@ -198,3 +251,4 @@ prefetch = _main("prefetch", "xtune.tasks.prefetch:prefetch")
 xla_check = _main("xla_check", "xtune.tasks.xla_check:xla_check")
 bench = _main("bench", "xtune.tasks.bench:bench")
 export = _main("export", "xtune.tasks.export:export")
+convert = _main("convert", "xtune.tasks.convert:convert")

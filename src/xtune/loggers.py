@@ -42,6 +42,10 @@ def wandb_logger(save_dir: str, mode: str | None = None, log_model: bool | str =
     if mode in ("offline", "dryrun", "disabled"):
         log_model = False  # nothing to upload to
     os.makedirs(save_dir, exist_ok=True)
+    if "settings" not in kwargs:  # W&B's own start and end banners (~30 lines) bury xtune's last line,
+        import wandb              # which says where the run went (xtune.tasks.train.final_line)
+
+        kwargs["settings"] = wandb.Settings(silent=True)
     logger = WandbLogger(save_dir=save_dir, mode=mode, log_model=log_model, **kwargs)
     # WandbLogger always passes anonymous=None, which wandb 0.31 warns about on every run
     logger._wandb_init.pop("anonymous", None)
@@ -81,8 +85,14 @@ def csv_logger(save_dir: str, name: str = "", version: str = "", **kwargs):
     return ResumableCSVLogger(save_dir=save_dir, name=name, version=version, **kwargs)
 
 
-def finish_wandb(exit_code: int = 0) -> None:
-    """End the active W&B run, so the next job of a multirun starts its own."""
+def finish_wandb(exit_code: int = 0) -> str | None:
+    """End the active W&B run, so the next job of a multirun starts its own. Returns where the
+    run is: its URL online, the `wandb sync` command offline, None without a run."""
     wandb = sys.modules.get("wandb")
-    if wandb is not None and getattr(wandb, "run", None) is not None:
-        wandb.finish(exit_code=exit_code)
+    run = getattr(wandb, "run", None) if wandb is not None else None
+    if run is None:
+        return None
+    offline = run.settings.mode in ("offline", "dryrun") or getattr(run, "offline", False)
+    where = f"wandb sync {run.dir.rsplit('/files', 1)[0]}" if offline else run.url
+    wandb.finish(exit_code=exit_code)
+    return where

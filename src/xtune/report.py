@@ -82,7 +82,7 @@ def _number(value):
         return value
 
 
-def run_summary(cfg, trainer, module, datamodule, stats, metrics: dict, started: float) -> dict:
+def run_summary(cfg, trainer, module, datamodule, stats, metrics: dict, started: float, timeline=None) -> dict:
     """Everything a reader needs to judge a run, in one JSON-ready dict."""
     import time
 
@@ -112,6 +112,9 @@ def run_summary(cfg, trainer, module, datamodule, stats, metrics: dict, started:
         "timing": {
             "first_step_at": getattr(stats, "first_step_at", None),
             "setup_s": _number(stats.first_step_at - started) if getattr(stats, "first_step_at", None) else None,
+            # seconds to reach each phase from the previous one: launch -> task (interpreter,
+            # imports, Hydra) -> checks -> data -> model -> trainer -> first_step -> last_step -> tested
+            "phases_s": timeline.seconds() if timeline else None,
         },
         "parameters": {k: v for k, v in trainable_summary(module.backbone).items() if k != "trainable_fraction"},
         "model": {"name": cfg.model.name, "weights": getattr(module.backbone, "weight_source", None)},
@@ -136,6 +139,41 @@ def write_summary(run_dir: Path, summary: dict, history: list | None = None) -> 
         summary = {**summary, "history": history}
         plot_curves(history, run_dir / "curves.png")
     write_json(run_dir / "summary.json", summary)
+
+
+def process_started_at() -> float | None:
+    """Wall-clock time this process was started (Linux), to time what happens before any xtune
+    code runs: the interpreter, imports, Hydra composing the config."""
+    import os
+
+    try:
+        with open("/proc/self/stat") as handle:
+            ticks = int(handle.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/stat") as handle:
+            boot = next(int(line.split()[1]) for line in handle if line.startswith("btime"))
+        return boot + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, StopIteration):
+        return None
+
+
+class Timeline:
+    """Wall-clock marks through a run: summary.json's `timing` says where the seconds went
+    (start-up phases, training, what follows the last step)."""
+
+    def __init__(self):
+        import time
+
+        self.marks = [("launch", process_started_at()), ("task", time.time())]
+
+    def mark(self, name: str, at: float | None = None) -> None:
+        import time
+
+        self.marks.append((name, at or time.time()))
+
+    def seconds(self) -> dict:
+        """Seconds spent reaching each mark from the one before it, in order."""
+        known = [(name, at) for name, at in self.marks if at]
+        return {name: round(at - before, 3) for (_, before), (name, at) in zip(known, known[1:])}
 
 
 class RunRecord:

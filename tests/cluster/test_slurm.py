@@ -10,7 +10,7 @@ import time
 import pytest
 import torch
 
-from helpers import ROOT, offline_env, run_cli, summary
+from helpers import REFERENCE, ROOT, offline_env, summary
 
 
 def cluster_up() -> bool:
@@ -26,7 +26,7 @@ pytestmark = [
                                                 "start one with: bash slurm/local/start.sh"),
 ]
 
-RUN = ["experiment=quickstart", "logger=csv", "trainer.max_epochs=3", "data.batch_size=16"]
+RUN = REFERENCE
 SLURM = ["hydra/launcher=slurm", "hydra.launcher.timeout_min=30", "hydra.launcher.cpus_per_task=2"]
 
 
@@ -51,13 +51,10 @@ def test_a_three_job_sweep_reports_the_failure_and_completes_the_rest(tmp_path):
     assert len(logs) == 3
 
 
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-    """The uninterrupted run a preempted one must reproduce."""
-    tmp = tmp_path_factory.mktemp("reference")
-    result = run_cli("train.py", *RUN, f"hydra.run.dir={tmp / 'run'}", tmp_path=tmp)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return tmp / "run"
+@pytest.fixture
+def reference(reference_run):
+    """The uninterrupted run a preempted one must reproduce (shared with test_resume.py)."""
+    return reference_run
 
 
 def preempt(job: str, how: str, tmp_path) -> None:

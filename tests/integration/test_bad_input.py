@@ -1,6 +1,8 @@
 """Every user mistake gets one clear line on stderr, exit code 2, and leaves nothing behind."""
 
+import os
 import time
+from pathlib import Path
 
 import pytest
 import timm
@@ -8,7 +10,7 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from helpers import offline_env, run_cli, write_image_folder
+from helpers import offline_env, run, run_cli, summary, write_image_folder
 
 QUICK = ["experiment=quickstart", "logger=csv", "trainer.max_epochs=1"]
 
@@ -76,7 +78,8 @@ def test_unknown_model_name(tmp_path):
     (["trainer.max_epochs=0"], ["trainer.max_epochs=0: expected an integer >= 1"]),
     (["ckpt_path=/no/such/last.ckpt"], ["ckpt_path=/no/such/last.ckpt: no such file"]),
     (["optim.opt=adamx"], ["optim:", "adamx"]),
-    (["trainer.accelerator=gpu"], ["trainer.accelerator=gpu but no CUDA GPU is visible", "trainer=cpu"]),
+    pytest.param(["trainer.accelerator=gpu"], ["trainer.accelerator=gpu but no CUDA GPU is visible", "trainer=cpu"],
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")),
 ])
 def test_nonsense_values(tmp_path, overrides, fragments):
     run_dir = tmp_path / "run"
@@ -110,24 +113,21 @@ def test_weights_unavailable_offline_fails_in_seconds(tmp_path):
                      tmp_path=tmp_path)
     assert_one_line_error(result, "pretrained weights test_resnet.r160_in1k", "xtune-prefetch",
                           "model.pretrained=false")
-    assert time.monotonic() - started < 60  # the Hub client alone would retry for ~46 s
+    # generous on a loaded 2-core machine: what it guards against is the Hub client's ~46 s of retries
+    # on top of the start-up (the run itself takes ~2 s here)
+    assert time.monotonic() - started < 45
 
 
 def test_weights_unavailable_unreachable_hub(tmp_path):
     env = offline_env(tmp_path, HF_ENDPOINT="http://127.0.0.1:9")
     env.pop("HF_HUB_OFFLINE")
     result = run_cli("train.py", *QUICK, "model.pretrained=true", f"hydra.run.dir={tmp_path / 'run'}",
-                     tmp_path=tmp_path, env=env)
+                     tmp_path=tmp_path, env=env)  # HF_HUB_OFFLINE is read at import: a fresh Python
     assert_one_line_error(result, "cannot be reached")
 
 
 def test_prefetch_offline(tmp_path):
-    import subprocess
-    import sys
-
-    result = subprocess.run([sys.executable, "-c", "from xtune.cli import prefetch; prefetch()", "model=tiny",
-                             f"hydra.run.dir={tmp_path / 'run'}"], env=offline_env(tmp_path),
-                            capture_output=True, text=True, timeout=300)
+    result = run(["xtune-prefetch", "model=tiny", f"hydra.run.dir={tmp_path / 'run'}"], tmp_path=tmp_path)
     assert_one_line_error(result, "pretrained weights test_resnet.r160_in1k")
 
 
@@ -148,3 +148,125 @@ def test_a_finished_run_of_another_model_is_never_overwritten(tmp_path):
     assert_one_line_error(result, "holds a completed run of model.name=vit_base_patch16_224")
     assert (run_dir / "summary.json").read_text() == stored
     assert not (run_dir / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("overrides,fragments", [
+    (["optim.lrr=1"], ["optim.lrr: optim has no key 'lrr'", "did you mean optim.lr?"]),
+    (["model=resnt"], ["model=resnt: there is no such model config", "did you mean resnet?"]),
+    (["model=["], ["cannot read the command line"]),
+    (["hydra.run.dir=/proc/xtune"], ["cannot write the run directory /proc/xtune", "paths.log_dir="]),
+    (["-m", "hydra/launcher=slurm", "seed=1,2"], ["needs SLURM, but this machine has no sbatch"]),
+    (["-m", "hydra/launcher=ray_tpu", "seed=1,2"], ["RAY_ADDRESS is not set"]),
+])
+def test_command_line_mistakes(tmp_path, overrides, fragments):
+    env = offline_env(tmp_path)
+    env["PATH"] = os.pathsep.join(p for p in env["PATH"].split(os.pathsep) if not (Path(p) / "sbatch").exists())
+    result = run_cli("train.py", *QUICK, *overrides, tmp_path=tmp_path, env=env)
+    assert_one_line_error(result, *fragments)
+
+
+@pytest.mark.parametrize("case,fragments", [
+    ("one_class", ["needs at least 2 classes"]),
+    ("loop", ["links back to", "a link loop in data.root"]),
+    ("unreadable", ["2 of 24 images cannot be read", "delete or replace them"]),
+])
+def test_data_that_cannot_train(tmp_path, case, fragments):
+    root = tmp_path / "data"
+    if case == "one_class":
+        write_image_folder(root, classes=("only",), per_class=8)
+    elif case == "loop":
+        write_image_folder(root, per_class=4)
+        (root / "red" / "loop").symlink_to("..")
+    elif case == "unreadable":
+        write_image_folder(root, per_class=8)
+        (root / "red" / "broken.png").write_bytes(b"not an image")
+        (root / "blue" / "empty.jpg").write_bytes(b"")
+        (root / "blue" / "000.png").unlink()
+        (root / "green" / "000.png").unlink()
+    run_dir = tmp_path / "run"
+    result = run_cli("train.py", *QUICK, "data=imagefolder", f"data.root={root}", f"hydra.run.dir={run_dir}",
+                     tmp_path=tmp_path)
+    assert_one_line_error(result, *fragments)
+    assert not run_dir.exists()
+
+
+def test_eval_with_another_model_name_says_which_model_the_checkpoint_holds(tmp_path):
+    run_dir = tmp_path / "convnext"
+    trained = run_cli("train.py", *QUICK, "model.name=test_convnext", "trainer.limit_train_batches=2",
+                      "trainer.limit_val_batches=1", "test=false", f"hydra.run.dir={run_dir}", tmp_path=tmp_path)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    result = run_cli("eval.py", f"ckpt_path={run_dir}/checkpoints/best.ckpt", "model.name=test_resnet",
+                     f"hydra.run.dir={tmp_path / 'eval'}", tmp_path=tmp_path)
+    assert_one_line_error(result, "it holds a test_convnext, not a test_resnet", "drop model.name")
+
+
+def test_a_truncated_checkpoint_message_is_whole(tmp_path):
+    whole = tmp_path / "whole.ckpt"
+    torch.save({"state_dict": {"w": torch.zeros(10000)}, "xtune": {}}, whole)
+    cut = tmp_path / "cut.ckpt"
+    cut.write_bytes(whole.read_bytes()[:20000])
+    result = run_cli("eval.py", f"ckpt_path={cut}", f"hydra.run.dir={tmp_path / 'run'}", tmp_path=tmp_path)
+    last = assert_one_line_error(result, f"ckpt_path={cut} is not a checkpoint torch can read", "it may be truncated")
+    assert last.endswith("e.g. RUN/checkpoints/last.ckpt")
+
+
+def test_a_rerun_with_other_settings_is_refused_and_keeps_the_record(tmp_path):
+    logs = tmp_path / "logs"
+    common = [*QUICK, "trainer.limit_train_batches=3", f"paths.log_dir={logs}", "run_name=ref"]
+    first = run_cli("train.py", *common, tmp_path=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    run_dir = logs / "train" / "runs" / "ref"
+    before = {name: (run_dir / name).read_bytes() for name in ("summary.json", "config.yaml", ".hydra/config.yaml")}
+    result = run_cli("train.py", *common, "optim.lr=1e-4", "optim.weight_decay=0.01", tmp_path=tmp_path)
+    assert_one_line_error(result, "holds a run with other settings (optim.lr 0.003 -> 0.0001, "
+                          "optim.weight_decay 0.05 -> 0.01)", "pass another run_name")
+    assert {name: (run_dir / name).read_bytes() for name in before} == before  # Hydra's record too
+
+
+def test_resuming_on_changed_data_is_refused(tmp_path):
+    root = write_image_folder(tmp_path / "images", per_class=12)
+    logs = tmp_path / "logs"
+    common = [*QUICK, "trainer.max_epochs=2", "data=imagefolder", f"data.root={root}", "data.image_size=32",
+              f"paths.log_dir={logs}", "run_name=changing"]
+    first = run_cli("train.py", *common, "trainer.max_epochs=1", tmp_path=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    (root / "red" / "000.png").unlink()
+    result = run_cli("train.py", *common, tmp_path=tmp_path)  # a longer run: continues from last.ckpt
+    assert_one_line_error(result, "was trained on other data: split sizes changed", "restore the data")
+    assert summary(logs / "train" / "runs" / "changing")["epochs_completed"] == 1
+
+
+def _mount_tmpfs(path: Path, size: str) -> bool:
+    import subprocess
+
+    path.mkdir(parents=True, exist_ok=True)
+    return subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                          capture_output=True).returncode == 0
+
+
+def test_a_full_disk_is_one_line_and_leaves_nothing_half_written(tmp_path):
+    """A 12 MB file system holds epoch 0's two checkpoints (4.6 MB each) and fills up in epoch 1.
+    After space is freed, the same command continues from epoch 0's last.ckpt."""
+    import subprocess
+
+    logs = tmp_path / "small"
+    if not _mount_tmpfs(logs, "12m"):
+        pytest.skip("cannot mount a small tmpfs here (needs root): the full-disk path is not tested")
+    try:
+        common = [*QUICK, "trainer.max_epochs=3", f"paths.log_dir={logs}", "run_name=full"]
+        result = run_cli("train.py", *common, tmp_path=tmp_path)
+        assert_one_line_error(result, "no space left on the disk", "run the same command again")
+        run_dir = logs / "train" / "runs" / "full"
+        leftovers = [p for p in run_dir.rglob("*") if p.is_file() and (".tmp" in p.name or p.stat().st_size == 0)]
+        assert not leftovers, leftovers  # no half-written checkpoint, plot or summary
+        assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 0
+        subprocess.run(["mount", "-o", "remount,size=64m", str(logs)], check=True)
+        again = run_cli("train.py", *common, tmp_path=tmp_path)
+        assert again.returncode == 0, again.stderr[-3000:]
+        with open(run_dir / "metrics.csv") as handle:
+            import csv
+
+            epochs = [int(r["epoch"]) for r in csv.DictReader(handle) if r.get("val/acc")]
+        assert epochs == [0, 1, 2]  # no row of the failed attempt is repeated
+    finally:
+        subprocess.run(["umount", "-l", str(logs)], capture_output=True)

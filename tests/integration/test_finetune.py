@@ -122,6 +122,7 @@ def test_layer_decay_scales_equal_timms(tmp_path):
 
 
 def test_lora_trains_only_adapters_and_exports_merged(tmp_path, init_weights):
+    pytest.importorskip("peft", reason="the [lora] extra is not installed")
     snaps = Snapshots()
     result, _ = train(tmp_path, "finetune=lora", f"model.weights={init_weights}", "trainer.max_epochs=1",
                       "export=true", "optim.lr=1e-2", callbacks=[snaps])

@@ -3,7 +3,9 @@
 import json
 
 import pytest
+import timm
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from helpers import run_cli, summary
 
@@ -63,7 +65,12 @@ def test_bench_tiny_grid(tmp_path):
         assert row["xtune_over_plain"] == pytest.approx(row["xtune_step_s"] / row["plain_step_s"], rel=1e-3)
         assert len(row["xtune_step_s_repeats"]) == 2
         assert row["flops_per_step"] > 0 and row["mfu"] == "unknown"  # a CPU has no peak in the table
-    assert rows[1]["flops_per_step"] == pytest.approx(2 * rows[0]["flops_per_step"], rel=0.01)
+    for row in rows:  # the FLOP count of a real forward + backward at that batch size, counted here
+        probe = timm.create_model("test_resnet", num_classes=1000).train()
+        images, targets = torch.randn(row["batch_size"], 3, 32, 32), torch.randint(0, 1000, (row["batch_size"],))
+        with FlopCounterMode(display=False) as counted:
+            torch.nn.functional.cross_entropy(probe(images), targets).backward()
+        assert row["flops_per_step"] == counted.get_total_flops()
     assert report["startup"]["seconds_to_first_step"] > 0
     table = (run_dir / "bench.md").read_text()
     assert "xtune/plain step time" in table and "| test_resnet | 32-true | 16 |" in table

@@ -2,6 +2,7 @@
 
 import csv
 import json
+from importlib import metadata
 from pathlib import Path
 
 import pytest
@@ -14,13 +15,9 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def quickstart(tmp_path_factory):
-    """The README's main job, exactly (plus a known run directory)."""
-    tmp = tmp_path_factory.mktemp("quickstart")
-    run_dir = tmp / "run"
-    result = run_cli("train.py", "experiment=quickstart", f"hydra.run.dir={run_dir}", tmp_path=tmp)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return run_dir, result
+def quickstart(main_job):
+    """The README's main job, exactly as written, from a copy of the repository (conftest.py)."""
+    return main_job
 
 
 def test_quickstart_reaches_the_accuracy(quickstart):
@@ -42,7 +39,7 @@ def test_quickstart_summary_explains_the_run(quickstart):
     assert s["model"] == {"name": "test_resnet", "weights": "none (random init)"}
     assert s["hardware"]["accelerator"] == "cpu" and s["hardware"]["devices"] == 1
     assert s["precision"] == "32-true"
-    assert s["versions"]["torch"] == torch.__version__.split("+")[0] or s["versions"]["torch"]
+    assert s["versions"]["torch"] == metadata.version("torch")
     assert {"timm", "pytorch-lightning", "hydra-core", "python"} <= set(s["versions"])
     assert s["wall_time_s"] > 0
     assert s["data"]["sizes"] == {"test": 359, "val": 270, "train": 1168}
@@ -57,6 +54,13 @@ def test_quickstart_run_directory(quickstart):
     assert (run_dir / ".hydra" / "config.yaml").exists()
     assert (run_dir / "checkpoints" / "best.ckpt").exists() and (run_dir / "checkpoints" / "last.ckpt").exists()
     assert (run_dir / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for name in ("confusion_matrix.png", "misclassified.png"):
+        assert (run_dir / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+    report = json.loads((run_dir / "eval_report.json").read_text())
+    s = summary(run_dir)
+    assert report["accuracy"] == pytest.approx(s["metrics"]["test/acc"], abs=1e-6)
+    assert sum(map(sum, report["confusion_matrix"])) == 359
+    assert s["evaluation"]["per_class"] == report["per_class"] and set(report["per_class"]) == set(map(str, range(10)))
     with open(run_dir / "metrics.csv") as handle:
         rows = list(csv.DictReader(handle))
     epochs = {int(r["epoch"]) for r in rows if r.get("val/acc")}
@@ -78,6 +82,33 @@ def test_checkpoint_holds_the_config(quickstart):
     checkpoint = torch.load(run_dir / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)
     assert checkpoint["xtune"]["config"]["model"]["name"] == "test_resnet"
     assert checkpoint["xtune"]["classes"] == [str(i) for i in range(10)]
+    assert checkpoint["xtune"]["data"]["sizes"] == {"test": 359, "train": 1168, "val": 270}
+
+
+def test_last_checkpoint_is_the_last_epoch_even_when_the_best_is_earlier(quickstart):
+    """A job killed without warning continues from the end of its last epoch, not its best one."""
+    run_dir, _ = quickstart
+    s = summary(run_dir)
+    assert s["best"]["epoch"] < 14, "this run's best epoch must not be its last, or the test proves nothing"
+    last = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    best = torch.load(run_dir / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)
+    assert (last["epoch"], last["global_step"]) == (14, 15 * 19)
+    assert best["epoch"] == s["best"]["epoch"] and best["global_step"] == (s["best"]["epoch"] + 1) * 19
+    assert s["best"]["last_checkpoint"] == str(run_dir / "checkpoints" / "last.ckpt")
+
+
+def test_eval_of_another_folder_uses_every_image(quickstart, tmp_path):
+    from helpers import write_digit_scans
+
+    run_dir, _ = quickstart
+    scans = write_digit_scans(tmp_path / "scans", per_class=12)
+    eval_dir = tmp_path / "eval"
+    result = run_cli("eval.py", f"ckpt_path={run_dir}/checkpoints/best.ckpt", "data=imagefolder",
+                     f"data.root={scans}", f"hydra.run.dir={eval_dir}", "logger=csv", tmp_path=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    s = summary(eval_dir)
+    assert s["data"]["sizes"] == {"test": 120} and s["evaluation"]["num_samples"] == 120
+    assert s["metrics"]["test/acc"] >= 0.8  # scans of digits it has seen the like of
 
 
 def test_eval_reproduces_the_test_metric(quickstart, tmp_path):
@@ -112,15 +143,19 @@ def test_resume_continues_at_the_right_epoch(tmp_path):
 
 
 def test_imagefolder_on_generated_pngs(tmp_path):
-    root = write_image_folder(tmp_path / "images", per_class=20)
+    """79 training images in batches of 26: the ragged last batch of 1 (BatchNorm cannot train on
+    it) is dropped, and the log says so."""
+    root = write_image_folder(tmp_path / "images", per_class=33)
     run_dir = tmp_path / "run"
     result = run_cli("train.py", "experiment=quickstart", "data=imagefolder", f"data.root={root}",
-                     "data.image_size=32", "data.num_workers=1", "data.batch_size=16", "logger=csv",
+                     "data.image_size=32", "data.num_workers=1", "data.batch_size=26", "logger=csv",
                      "trainer.max_epochs=4", f"hydra.run.dir={run_dir}", tmp_path=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     s = summary(run_dir)
     assert s["data"]["classes"] == ["blue", "green", "red"]
-    assert s["data"]["sizes"] == {"test": 6, "val": 6, "train": 48}
+    assert s["data"]["sizes"] == {"test": 10, "val": 10, "train": 79}
+    assert s["global_step"] == 4 * 3
+    assert "the last training batch of each epoch would hold 1 image" in (run_dir / "train.log").read_text()
     assert s["metrics"]["test/acc"] >= 0.8
     assert "test/acc_top5" not in s["metrics"]  # only 3 classes
 

@@ -138,3 +138,12 @@ def test_prefetch_returns_the_cached_file(hub_cache):
 
     path = fake_hub_cache(hub_cache, "timm/test_resnet.r160_in1k", timm.create_model("test_resnet").state_dict())
     assert prefetch("test_resnet") == str(path)
+
+
+def test_num_classes_none_keeps_the_files_head(tmp_path):
+    source = timm.create_model("test_resnet", pretrained=False, num_classes=7)
+    path = tmp_path / "seven.safetensors"
+    save_file(source.state_dict(), str(path))
+    model = create_backbone("test_resnet", num_classes=None, weights=str(path))
+    assert model.num_classes == 7 and torch.equal(model.fc.weight, source.fc.weight)
+    assert "state_dict" not in model.pretrained_cfg  # timm's overlay copy is dropped: tensors held once

@@ -38,7 +38,7 @@ def test_help_lists_groups_and_options(env):
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0
     for line in ("model: convnext, efficientnet, mobilenet, resnet, tiny, vit",
-                 "data: cifar10, digits, imagefolder, mnist, synthetic",
+                 "data: cifar10, digits, fashion_mnist, imagefolder, mnist, synthetic",
                  "experiment=quickstart"):
         assert line in result.stdout
 

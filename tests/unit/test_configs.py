@@ -53,6 +53,8 @@ def _check_targets(cfg):
 
 @pytest.mark.parametrize("group,option", GROUP_OPTIONS, ids=[f"{g}={o}" for g, o in GROUP_OPTIONS])
 def test_every_option_composes(group, option, tmp_path):
+    if group == "hparams_search":
+        pytest.importorskip("optuna", reason="the [optuna] extra is not installed")
     overrides = [f"{group}={option}"]
     if group in ("data",) and option == "imagefolder":
         overrides.append(f"data.root={tmp_path}")
@@ -79,8 +81,6 @@ def test_quickstart_is_offline_and_tiny(tmp_path):
     assert cfg.model.name == "test_resnet"
     assert cfg.model.pretrained is False
     assert cfg.data.source._target_ == "xtune.data.sources.digits"
-    text = (CONFIGS / "experiment" / "quickstart.yaml").read_text()
-    assert "FROM SCRATCH" in text and "model.pretrained=true" in text
 
 
 def test_user_facing_names_exist(tmp_path):

@@ -7,7 +7,7 @@ import torch
 from helpers import compose
 from xtune.errors import XtuneConfigError
 from xtune.models import finetune as F
-from xtune.tasks.common import build
+from xtune.config.instantiate import build
 
 
 @pytest.mark.parametrize("option,cls", [("full", F.Full), ("linear_probe", F.LinearProbe),
@@ -38,6 +38,7 @@ def test_layer_decay_needs_layer_groups():
 
 
 def test_lora_targets_that_match_nothing_are_refused():
+    pytest.importorskip("peft", reason="the [lora] extra is not installed")
     with pytest.raises(XtuneConfigError, match="finetune=lora"):
         F.Lora(target_modules=["no_such_layer"]).prepare(timm.create_model("test_resnet", num_classes=3))
 
@@ -45,6 +46,7 @@ def test_lora_targets_that_match_nothing_are_refused():
 @pytest.mark.parametrize("name,matched", [("test_vit", "blocks.0.attn.qkv"), ("test_resnet", "layer1.0.conv1"),
                                           ("test_convnext", "stages.0.blocks.0.mlp.fc1")])
 def test_lora_default_targets_per_family(name, matched):
+    pytest.importorskip("peft", reason="the [lora] extra is not installed")
     model = F.Lora().prepare(timm.create_model(name, num_classes=3))
     lora_modules = {n.split("base_model.model.", 1)[1] for n, _ in model.named_modules() if n.endswith(".lora_A")}
     assert any(m.startswith(matched) for m in lora_modules)

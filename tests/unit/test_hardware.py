@@ -3,6 +3,7 @@
 import pytest
 import timm
 import torch
+from omegaconf import OmegaConf
 
 from helpers import compose
 from xtune import hardware
@@ -11,6 +12,7 @@ from xtune.hardware.profile import resolve_precision
 from xtune.tasks.common import build_trainer
 
 HAS_XLA = hardware.profile.xla_available()
+HAS_CUDA = torch.cuda.is_available()
 
 
 @pytest.mark.parametrize("profile,strategy,devices,precision", [
@@ -28,6 +30,7 @@ def test_cpu_profiles_build_their_trainer(tmp_path, profile, strategy, devices, 
     assert str(trainer.precision) == precision
 
 
+@pytest.mark.skipif(HAS_CUDA, reason="this machine has a CUDA GPU: test_gpu_profiles_resolve_on_a_gpu runs instead")
 @pytest.mark.parametrize("profile", ["gpu", "ddp", "fsdp"])
 def test_gpu_profiles_refuse_clearly_without_cuda(tmp_path, profile):
     cfg = compose("train", [f"trainer={profile}"], output_dir=tmp_path)
@@ -43,8 +46,12 @@ def test_tpu_profiles_name_the_extra_to_install(tmp_path, profile):
     cfg = compose("train", [f"trainer={profile}"], output_dir=tmp_path)
     assert cfg.trainer.precision == "bf16-true" and cfg.data.drop_last is True
     assert cfg.hardware.xla_sync_eval is True and cfg.trainer.log_every_n_steps >= 50
-    with pytest.raises(XtuneConfigError, match=r"needs torch_xla: .*pip install -e \"\.\[tpu\]\""):
+    with pytest.raises(XtuneConfigError, match=r"needs torch_xla.*pip install -e \"\.\[tpu\]\"") as raised:
         hardware.prepare(cfg)
+    if profile == "xla_cpu":  # XLA on this CPU is not a TPU VM: the message must not say it is
+        assert "TPU VM" not in str(raised.value) and "PJRT_DEVICE=CPU" in str(raised.value)
+    else:
+        assert "on the TPU VM" in str(raised.value)
 
 
 @pytest.mark.parametrize("kind,precision,message", [
@@ -73,11 +80,14 @@ def test_cpu_profile_refuses_fp16_end_to_end(tmp_path):
 def test_channels_last_auto_means_convolutional_backbones_on_gpus():
     resnet = timm.create_model("test_resnet", num_classes=3)
     vit = timm.create_model("test_vit", num_classes=3)
-    assert hardware.wants_channels_last("auto", "cuda", resnet) is True
-    assert hardware.wants_channels_last("auto", "cuda", vit) is False
-    assert hardware.wants_channels_last("auto", "cpu", resnet) is False
-    assert hardware.wants_channels_last(True, "cpu", vit) is True
-    assert hardware.wants_channels_last(False, "cuda", resnet) is False
+    def profile(setting):
+        return OmegaConf.create({"hardware": {"channels_last": setting}})
+
+    assert hardware.wants_channels_last(profile("auto"), "cuda", resnet) is True
+    assert hardware.wants_channels_last(profile("auto"), "cuda", vit) is False
+    assert hardware.wants_channels_last(profile("auto"), "cpu", resnet) is False
+    assert hardware.wants_channels_last(profile(True), "cpu", vit) is True
+    assert hardware.wants_channels_last(profile(False), "cuda", resnet) is False
 
 
 def test_channels_last_module_trains(tmp_path):
@@ -104,3 +114,34 @@ def test_vit_is_built_at_the_data_image_size():
     assert tuple(model.patch_embed.img_size) == (64, 64)
     resnet = create_backbone("test_resnet", num_classes=3, pretrained=False, image_size=64)
     assert resnet.fc.out_features == 3  # no img_size for models without a fixed input size
+
+
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU (the refusal is tested where there is none)")
+@pytest.mark.parametrize("profile", ["gpu", "ddp"])
+def test_gpu_profiles_resolve_on_a_gpu(tmp_path, profile):
+    cfg = compose("train", [f"trainer={profile}"], output_dir=tmp_path)
+    assert hardware.prepare(cfg) == "cuda"
+    assert cfg.trainer.precision == ("bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed")
+    assert torch.get_float32_matmul_precision() == "high"
+    trainer = build_trainer(cfg, [], [])
+    assert trainer.strategy.root_device.type == "cuda"
+
+
+def test_checkpoint_io_is_decided_from_the_strategy_object(tmp_path):
+    """Plain file writers become atomic; a strategy with its own writer (XLA's XLACheckpointIO,
+    which Lightning's XLA strategies assert) keeps it, whatever the profile's strings say."""
+    import pytorch_lightning as pl
+    from lightning_fabric.plugins import TorchCheckpointIO
+
+    from xtune.hardware.checkpoint_io import AtomicCheckpointIO, use_atomic_checkpoints
+
+    cfg = compose("train", ["trainer=auto"], output_dir=tmp_path)
+    hardware.prepare(cfg)
+    assert isinstance(build_trainer(cfg, [], []).strategy.checkpoint_io, AtomicCheckpointIO)
+
+    class OwnWriter(TorchCheckpointIO):  # stands for XLACheckpointIO, which needs torch_xla to build
+        pass
+
+    trainer = pl.Trainer(accelerator="cpu", plugins=[OwnWriter()], logger=False, enable_progress_bar=False)
+    use_atomic_checkpoints(trainer)
+    assert type(trainer.strategy.checkpoint_io) is OwnWriter

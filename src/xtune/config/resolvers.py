@@ -24,9 +24,14 @@ def _cwd() -> str:
     return os.getcwd()
 
 
+def in_submitit() -> bool:
+    """Is this process a job that submitit started (a hydra/launcher=slurm sweep's job)?"""
+    return "SUBMITIT_EXECUTOR" in os.environ or "SUBMITIT_FOLDER" in os.environ
+
+
 def _run_name() -> str:
     """The default run name: a sbatch job's id (stable across its requeues), else the time."""
-    if os.environ.get("SLURM_JOB_ID") and "SUBMITIT_EXECUTOR" not in os.environ:
+    if os.environ.get("SLURM_JOB_ID") and not in_submitit():
         array = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
         return f"slurm-{array[0]}_{array[1]}" if all(array) else f"slurm-{os.environ['SLURM_JOB_ID']}"
     return datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
@@ -46,6 +51,9 @@ def _sweep_group() -> str:
 
 
 def register() -> None:
+    from xtune.config import schema
+
+    schema.register()
     if not OmegaConf.has_resolver("xtune.cwd"):
         OmegaConf.register_new_resolver("xtune.cwd", _cwd)
     if not OmegaConf.has_resolver("xtune.relpath"):

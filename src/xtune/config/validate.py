@@ -13,8 +13,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from xtune.errors import XtuneConfigError
 
-PRECISIONS = {"auto", "64-true", "64", "32-true", "32", "16-mixed", "bf16-mixed", "16-true", "bf16-true",
-              "transformer-engine", "transformer-engine-float16"}
+from xtune.hardware.profile import PRECISIONS as BY_DEVICE  # noqa: E402 - torch-free module
+
+#: every precision some device runs (hardware/profile.py decides which device runs which), plus
+#: `auto` and Lightning's short spellings
+PRECISIONS = {"auto", "64", "32", *(p for device in BY_DEVICE.values() for p in device)}
 
 
 def _get(cfg: DictConfig, key: str):
@@ -46,15 +49,21 @@ def _number(cfg, key, *, integer=False, low=None, low_open=False, high=None, hig
         raise XtuneConfigError(f"{key}={value}: expected {wanted}{hint}")
 
 
+def _schema_bounds(cfg: DictConfig, node: str, schema) -> None:
+    """Every number of `node` within the bounds its schema declares (xtune.config.schema)."""
+    import dataclasses
+
+    for item in dataclasses.fields(schema):
+        if "bounds" in item.metadata:
+            integer = item.type in ("int", "Optional[int]")
+            _number(cfg, f"{node}.{item.name}", integer=integer, optional=item.type.startswith("Optional"),
+                    **item.metadata["bounds"])
+
+
 def _common(cfg: DictConfig) -> None:
-    _number(cfg, "data.batch_size", integer=True, low=1)
-    _number(cfg, "data.eval_batch_size", integer=True, low=1, optional=True)
-    _number(cfg, "data.num_workers", integer=True, low=0, optional=True)
-    _number(cfg, "data.image_size", integer=True, low=8, optional=True)
-    _number(cfg, "data.crop_pct", low=0, low_open=True, high=1, optional=True)
-    for key in ("data.val_fraction", "data.test_fraction"):
-        _number(cfg, key, low=0, high=1, high_open=True)
-    _number(cfg, "data.train_fraction", low=0, low_open=True, high=1)
+    from xtune.config.schema import DataOptions
+
+    _schema_bounds(cfg, "data", DataOptions)
     fractions = (_get(cfg, "data.val_fraction") or 0) + (_get(cfg, "data.test_fraction") or 0)
     if fractions >= 1:
         raise XtuneConfigError(
@@ -65,7 +74,7 @@ def _common(cfg: DictConfig) -> None:
     if "model" in cfg and (not isinstance(name, str) or not name.strip()):
         raise XtuneConfigError(f"model.name={name}: expected a timm model name, e.g. resnet50")
     weights = _get(cfg, "model.weights")
-    if weights:
+    if weights and not str(weights).startswith("package:"):  # package: is found when the model is built
         path = Path(str(weights)).expanduser()
         if not path.exists():
             raise XtuneConfigError(
@@ -128,7 +137,6 @@ def validate_train(cfg: DictConfig) -> None:
     _number(cfg, "optim.lr", low=0, low_open=True)
     _number(cfg, "optim.weight_decay", low=0, optional=True)
     _number(cfg, "optim.momentum", low=0, high=1, high_open=True, optional=True)
-    _number(cfg, "optim.layer_decay", low=0, low_open=True, high=1, optional=True)
     _number(cfg, "scheduler.warmup_epochs", low=0, optional=True)
     _number(cfg, "scheduler.min_lr", low=0, optional=True)
     _number(cfg, "scheduler.warmup_lr", low=0, optional=True)

@@ -36,8 +36,8 @@ def _stratified_split(targets, indices, count, seed):
 class ImageDataModule(pl.LightningDataModule):
     """Train / val / test image classification data for any timm backbone.
 
-    Args mirror configs/data/*.yaml. `source` is a function returning a `Source`; `root` is passed
-    to it when set; `classes` keeps only those classes (by name), relabelled in the given order;
+    Keyword arguments: xtune.config.schema.DataOptions (configs/data/*.yaml set them). `source`
+    is a function returning a `Source`; `root` is passed to it when set; `classes` keeps only those classes (by name), relabelled in the given order;
     `train_fraction` < 1 keeps a fixed stratified share of the training split (label budgets).
     Preprocessing keys (image_size, mean, std, interpolation, crop_pct) left null take the
     backbone's pretrained data config; `augment` holds extra keyword arguments of
@@ -45,46 +45,34 @@ class ImageDataModule(pl.LightningDataModule):
     sample a test sample: the source's test split when it has one, else all of it.
     """
 
-    def __init__(
-        self,
-        source: Callable[..., Source],
-        root: str | None = None,
-        classes: list | None = None,
-        batch_size: int = 64,
-        eval_batch_size: int | None = None,
-        num_workers: int | None = 0,
-        pin_memory: bool = False,
-        persistent_workers: bool = True,
-        drop_last: bool = False,
-        image_size: int | None = None,
-        mean: list | None = None,
-        std: list | None = None,
-        interpolation: str | None = None,
-        crop_pct: float | None = None,
-        augment: dict | None = None,
-        val_fraction: float = 0.1,
-        test_fraction: float = 0.2,
-        train_fraction: float = 1.0,
-        split_seed: int = 0,
-        shuffle_seed: int = 0,
-        test_only: bool = False,
-    ):
+    def __init__(self, source: Callable[..., Source], **options):
+        # the keys, their defaults and bounds are declared once: xtune.config.schema.DataOptions
+        from xtune.config.schema import DataOptions
+
+        try:
+            o = DataOptions(source=source, **options)
+        except TypeError as error:  # an unknown key (Hydra's schema refuses it earlier)
+            raise XtuneConfigError(f"data: {error}") from None
         super().__init__()
-        self.batch_size = batch_size
-        self.eval_batch_size = eval_batch_size or batch_size
-        self.num_workers = min(8, os.cpu_count() or 1) if num_workers is None else num_workers
-        self.pin_memory = pin_memory
+        self.options = o
+        self.batch_size = o.batch_size
+        self.eval_batch_size = o.eval_batch_size or o.batch_size
+        self.num_workers = min(8, os.cpu_count() or 1) if o.num_workers is None else o.num_workers
+        self.pin_memory = o.pin_memory
         # workers that live across epochs: starting them again every epoch costs seconds
-        self.persistent_workers = persistent_workers and self.num_workers > 0
+        self.persistent_workers = o.persistent_workers and self.num_workers > 0
         self.batch_preprocess = None  # set by resolve_transforms
-        self.drop_last = drop_last
+        self.drop_last = o.drop_last
         self.preprocess = dict(
-            img_size=image_size, mean=mean, std=std, interpolation=interpolation, crop_pct=crop_pct
+            img_size=o.image_size, mean=o.mean, std=o.std, interpolation=o.interpolation, crop_pct=o.crop_pct
         )
-        self.augment = dict(augment or {})
-        self.shuffle_seed = shuffle_seed
+        self.augment = dict(o.augment or {})
+        self.shuffle_seed = o.shuffle_seed
         self.resume_skip_samples = 0  # set by xtune.launch.preemption.ResumeMidEpoch
         self.data_config: dict | None = None
+        source, root, classes, test_only = o.source, o.root, o.classes, o.test_only
+        val_fraction, test_fraction, train_fraction, split_seed = (o.val_fraction, o.test_fraction,
+                                                                   o.train_fraction, o.split_seed)
 
         loaded = self._load(source, root)
         self.classes, label_map = self._select(loaded.classes, classes)
@@ -153,6 +141,9 @@ class ImageDataModule(pl.LightningDataModule):
                 splits[name] = subset(base, taken)
         if "val" not in splits:  # val_fraction 0: validate on the test split (the seed example's way)
             splits["val"] = splits.get("test") or subset(base, [])
+        if "test" not in splits and not test_fraction:  # test_fraction 0 and no test/ folder
+            log.warning("no test split (data.test_fraction=0): test metrics are measured on the validation split")
+            splits["test"] = splits["val"]
         splits.setdefault("test", subset(base, []))
         splits["train"] = subset(base, pool)
         for name, dataset in splits.items():

@@ -112,18 +112,20 @@ class OptunaSweeper(Sweeper):
 
         space, fixed = self._search_space(arguments)
         study = self._study()
-        # trials a killed sweep left RUNNING: failed, flagged, and not counted as done
+        # trials a killed sweep left RUNNING: failed, listed as interrupted, and not counted as done
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        interrupted = list(study.user_attrs.get("interrupted_trials", []))
         for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-            study._storage.set_trial_user_attr(trial._trial_id, "interrupted", True)
-            study._storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
+            study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+            interrupted.append(trial.number)
+            study.set_user_attr("interrupted_trials", interrupted)
             if (sweep_dir / str(trial.number)).is_dir():  # what the sweep summary will show for it
                 from xtune.report import write_json
 
                 write_json(sweep_dir / str(trial.number) / "summary.json",
                            {"status": "interrupted", "error": "the search was killed during this trial"})
         finished = [t for t in study.get_trials(deepcopy=False)
-                    if t.state.is_finished() and not t.user_attrs.get("interrupted")]
+                    if t.state.is_finished() and t.number not in interrupted]
         log.info("study %s: %d of %d trials done (%s)", self.study_name, len(finished), self.n_trials,
                  self.storage or "in memory")
         done = len(finished)
@@ -131,15 +133,44 @@ class OptunaSweeper(Sweeper):
             trials = [study.ask(space) for _ in range(min(self.n_jobs, self.n_trials - done))]
             batch = [fixed + [f"{key}={value}" for key, value in trial.params.items()] for trial in trials]
             returns = self.launcher.launch(batch, initial_job_idx=trials[0].number)
+            exhausted = False
             for trial, result in zip(trials, returns):
-                value = result._return_value if result.status == JobStatus.COMPLETED else None
-                if isinstance(value, (int, float)) and math.isfinite(float(value)):
-                    study.tell(trial, float(value))
-                else:
-                    trial.set_user_attr("error", repr(value)[:300] if result.status != JobStatus.COMPLETED else "no metric")
-                    study.tell(trial, state=optuna.trial.TrialState.FAIL)
+                value = result.return_value if result.status == JobStatus.COMPLETED else None
+                try:
+                    if isinstance(value, (int, float)) and math.isfinite(float(value)):
+                        study.tell(trial, float(value))
+                    else:
+                        trial.set_user_attr("error", "failed" if result.status != JobStatus.COMPLETED else "no metric")
+                        study.tell(trial, state=optuna.trial.TrialState.FAIL)
+                except RuntimeError as error:  # a grid or brute-force sampler that has tried everything
+                    if "stop" not in str(error):  # asks the study to stop, which only optimize() allows
+                        raise
+                    exhausted = True
             done += len(trials)
+            if exhausted:
+                log.info("the sampler has tried every point of the search space: the search ends after %d trials", done)
+                break
+            self._stop_if_nothing_works(study, done, sweep_dir)
         self._write_results(study)
+
+    def _stop_if_nothing_works(self, study, done: int, sweep_dir: Path) -> None:
+        """The first trials all failed: the cause is the config, not the sampled values (an offline
+        model, a missing data folder). Stop with one line instead of failing n_trials times."""
+        import optuna
+
+        first = min(3, self.n_trials)
+        if done < first or study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+            return
+        from xtune.launch.sweep import collect, write
+
+        rows = collect(sweep_dir, self.config.get("optimized_metric"))
+        if rows:
+            write(sweep_dir, rows, self.config.get("optimized_metric"))
+        self._write_results(study)
+        reason = next((row["error"] for row in rows if row.get("error")), "no metric was returned")
+        raise XtuneConfigError(
+            f"the first {done} trials of study {self.study_name} all failed (first: {reason}); fix that, then run "
+            f"the same command to continue the search ({sweep_dir}/sweep_summary.md)")
 
     def _write_results(self, study) -> None:
         import optuna

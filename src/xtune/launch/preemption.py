@@ -25,11 +25,9 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
+from xtune.config.resolvers import in_submitit
+
 log = logging.getLogger("xtune")
-
-
-def in_submitit() -> bool:
-    return "SUBMITIT_EXECUTOR" in os.environ or "SUBMITIT_FOLDER" in os.environ
 
 
 class GracefulStop(pl.Callback):

@@ -115,11 +115,29 @@ def parse(argv: list[str]) -> argparse.Namespace:
     return args
 
 
+def preflight(args: argparse.Namespace) -> str | None:
+    """What stops gcloud before it starts, as one line: no gcloud, no account, no project."""
+    if shutil.which("gcloud") is None:
+        return ("gcloud not found: install the Google Cloud CLI (https://cloud.google.com/sdk/docs/install) "
+                "and run gcloud auth login, or see the commands with --dry-run")
+
+    def value(*words: str) -> str:
+        result = subprocess.run(["gcloud", *words], capture_output=True, text=True, timeout=60)
+        return result.stdout.strip() if result.returncode == 0 else ""
+
+    if not value("auth", "list", "--filter=status:ACTIVE", "--format=value(account)"):
+        return "gcloud has no active account: run gcloud auth login (or activate a service account), or see --dry-run"
+    if not args.project and value("config", "get-value", "project") in ("", "(unset)"):
+        return ("gcloud has no project set: pass --project=MY_PROJECT or run gcloud config set project MY_PROJECT "
+                "(see the commands with --dry-run)")
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse(sys.argv[1:] if argv is None else argv)
-    if not args.dry_run and shutil.which("gcloud") is None:
-        print("error: gcloud not found: install the Google Cloud CLI (https://cloud.google.com/sdk/docs/install) "
-              "and run gcloud auth login, or see the commands with --dry-run", file=sys.stderr)
+    problem = None if args.dry_run else preflight(args)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
         return 2
     for what, command in plan(args):
         print(f"# {what}\n$ {shlex.join(command)}", flush=True)

@@ -25,4 +25,17 @@ def export_model(model: nn.Module, out_dir: Path, classes: list, data_config: di
                      for key, value in (data_config or {}).items() if key in PREPROCESSING}
     save_for_hf(model.eval(), str(out_dir), model_config={"label_names": list(classes)},
                 data_config=preprocessing, safe_serialization=True)
+    readable_like_user_files(out_dir.iterdir())
     return out_dir / "model.safetensors"
+
+
+def readable_like_user_files(paths) -> None:
+    """safetensors writes 0600 files (a temporary file renamed into place); give them the mode any
+    file the user writes gets (0666 minus the umask), so a shared export is readable."""
+    import os
+
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in paths:
+        if Path(path).is_file():
+            os.chmod(path, 0o666 & ~umask)

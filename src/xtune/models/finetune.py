@@ -22,12 +22,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from xtune.errors import XtuneConfigError
-
-
-def classifier_names(model: nn.Module) -> list[str]:
-    """Names of the classifier module(s) of a timm model (from its pretrained config)."""
-    names = model.pretrained_cfg.get("classifier") or ()
-    return [names] if isinstance(names, str) else list(names)
+from xtune.models.backbone import classifier_names
 
 
 def is_head(name: str, heads: list[str]) -> bool:
@@ -35,26 +30,29 @@ def is_head(name: str, heads: list[str]) -> bool:
     return any(name == h or name.startswith(h + ".") for h in heads)
 
 
-def weight_decay_groups(named_params, weight_decay: float, no_decay: set = frozenset(), **extra) -> list[dict]:
-    """timm's rule: no weight decay on biases, norm weights (ndim <= 1) and listed names."""
-    decay, skip = [], []
-    for name, param in named_params:
-        if not param.requires_grad:
-            continue
-        (skip if param.ndim <= 1 or name.endswith(".bias") or name in no_decay else decay).append(param)
-    groups = [{"params": decay, "weight_decay": weight_decay, **extra},
-              {"params": skip, "weight_decay": 0.0, **extra}]
-    return [group for group in groups if group["params"]]
+def decay_groups(model: nn.Module, weight_decay: float, params=None, **extra) -> list[dict]:
+    """timm's param_groups_weight_decay (no decay on norms, biases and the model's own
+    no_weight_decay list; frozen parameters left out), limited to `params` (None: all), with
+    `extra` keys (lr_scale, ...) on every group."""
+    from timm.optim import param_groups_weight_decay
+
+    no_decay = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
+    wanted = None if params is None else {id(p) for p in params}
+    groups = []
+    for group in param_groups_weight_decay(model, weight_decay, no_weight_decay_list=no_decay):
+        kept = [p for p in group["params"] if wanted is None or id(p) in wanted]
+        if kept:
+            groups.append({**group, "params": kept, **extra})
+    return groups
 
 
 def head_and_backbone_groups(model: nn.Module, weight_decay: float, backbone_lr_scale: float) -> list[dict]:
     heads = classifier_names(model)
-    no_decay = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
     named = list(model.named_parameters())
-    head = [(n, p) for n, p in named if is_head(n, heads)]
-    body = [(n, p) for n, p in named if not is_head(n, heads)]
-    return (weight_decay_groups(body, weight_decay, no_decay, lr_scale=backbone_lr_scale)
-            + weight_decay_groups(head, weight_decay, no_decay, lr_scale=1.0))
+    head = [p for n, p in named if is_head(n, heads)]
+    body = [p for n, p in named if not is_head(n, heads)]
+    return (decay_groups(model, weight_decay, body, lr_scale=backbone_lr_scale)
+            + decay_groups(model, weight_decay, head, lr_scale=1.0))
 
 
 class Strategy:
@@ -87,6 +85,8 @@ class Full(Strategy):
     def optimizer_kwargs(self, model, weight_decay):
         if self.backbone_lr_scale == 1.0:
             return {}
+        # the param groups decide weight decay themselves (none on norms and biases): timm's
+        # create_optimizer_v2 ignores filter_bias_and_bn when given param_group_fn
         return {"param_group_fn": functools.partial(
             head_and_backbone_groups, weight_decay=weight_decay, backbone_lr_scale=self.backbone_lr_scale)}
 
@@ -155,9 +155,8 @@ class UnfreezeBackbone(BaseFinetuning):
         if not new:  # resumed after the unfreeze: BaseFinetuning restored the groups already
             return
         base_lr = optimizer.param_groups[0].get("initial_lr", optimizer.param_groups[0]["lr"])
-        no_decay = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
-        groups = weight_decay_groups(new, self.weight_decay, no_decay, lr_scale=self.backbone_lr_scale,
-                                     initial_lr=base_lr, lr=base_lr * self.backbone_lr_scale)
+        groups = decay_groups(model, self.weight_decay, [p for _, p in new], lr_scale=self.backbone_lr_scale,
+                              initial_lr=base_lr, lr=base_lr * self.backbone_lr_scale)
         for group in groups:
             optimizer.add_param_group(group)
         trainer = pl_module.trainer
@@ -247,7 +246,10 @@ class Lora(Strategy):
         self.target_modules = target_modules
 
     def prepare(self, model):
-        from peft import LoraConfig, get_peft_model
+        try:
+            from peft import LoraConfig, get_peft_model
+        except ImportError:
+            raise XtuneConfigError("finetune=lora needs peft: pip install -e \".[lora]\" (or pip install 'xtune[lora]')") from None
 
         targets = self.target_modules or default_lora_targets(model)
         if not isinstance(targets, str):
@@ -264,12 +266,6 @@ class Lora(Strategy):
     def export(self, model):
         merged = copy.deepcopy(model).merge_and_unload()
         return merged
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The timm model inside a peft wrapper (attribute access passes through anyway)."""
-    base = getattr(model, "get_base_model", None)
-    return base() if callable(base) else model
 
 
 def trainable_summary(model: nn.Module) -> dict:

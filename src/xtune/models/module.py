@@ -19,7 +19,8 @@ class ClassificationModule(pl.LightningModule):
     updates_per_epoch)` are partials of timm's `create_optimizer_v2` / `create_scheduler_v2`
     (configs/optim, configs/scheduler); the scheduler is stepped per optimizer update.
     `optimizer_kwargs` come from the fine-tuning strategy (param groups, layer decay); `mixup`
-    is a partial of timm's Mixup (soft targets, trained with soft-target cross-entropy).
+    is a partial of timm's Mixup (soft targets, trained with soft-target cross-entropy);
+    `preprocess` is the data's per-batch preprocessing (ImageDataModule.batch_preprocess).
     `self.lr` is the learning rate (Lightning's LR finder sets it). Logs train/*, val/*, test/*
     loss and top-1 accuracy (top-5 when there are more than 5 classes) and val/acc_best.
     """
@@ -33,9 +34,13 @@ class ClassificationModule(pl.LightningModule):
         label_smoothing: float = 0.0,
         mixup: Callable | None = None,
         optimizer_kwargs: dict | None = None,
+        preprocess: nn.Module | None = None,
     ):
         super().__init__()
         self.backbone = backbone
+        # the data's per-batch preprocessing (xtune.data.preprocess: uint8 -> normalised float,
+        # random erasing), run here because here is the device; None: batches come ready
+        self.preprocess = preprocess
         self.optimizer_factory = optimizer
         self.optimizer_kwargs = dict(optimizer_kwargs or {})
         self.lr = getattr(optimizer, "keywords", {}).get("lr")
@@ -67,8 +72,11 @@ class ClassificationModule(pl.LightningModule):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.backbone(images)
 
-    def _step(self, stage: str, batch) -> torch.Tensor:
+    def _step(self, stage: str, batch, return_logits: bool = False):
+        """The loss (and with `return_logits`, also the detached logits and the targets)."""
         images, targets = batch
+        if self.preprocess is not None:
+            images = self.preprocess(images, training=stage == "train")
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         if stage == "train" and self.mixup is not None:
@@ -86,7 +94,7 @@ class ClassificationModule(pl.LightningModule):
         # call costs Lightning about a millisecond of Python, which a fast step cannot afford.
         # update() only: calling a metric would also compute a per-batch value nobody reads.
         getattr(self, f"{stage}_metrics").update(loss, logits.detach(), targets)
-        return loss
+        return (loss, logits.detach(), targets) if return_logits else loss
 
     def _log_epoch(self, stage: str) -> dict:
         """Compute (synchronised across processes), log and reset one stage's epoch metrics."""
@@ -106,8 +114,10 @@ class ClassificationModule(pl.LightningModule):
     def validation_step(self, batch, batch_idx: int) -> None:
         self._step("val", batch)
 
-    def test_step(self, batch, batch_idx: int) -> None:
-        self._step("test", batch)
+    def test_step(self, batch, batch_idx: int) -> dict:
+        # handed to callbacks as on_test_batch_end's `outputs` (xtune.evaluation_report)
+        _, logits, targets = self._step("test", batch, return_logits=True)
+        return {"logits": logits, "targets": targets}
 
     def on_train_epoch_end(self) -> None:
         self._log_epoch("train")
@@ -146,8 +156,3 @@ class ClassificationModule(pl.LightningModule):
             scheduler.step_update(num_updates=self.global_step)
         else:
             scheduler.step()
-
-    def parameter_counts(self) -> dict:
-        total = sum(p.numel() for p in self.backbone.parameters())
-        trainable = sum(p.numel() for p in self.backbone.parameters() if p.requires_grad)
-        return {"total": total, "trainable": trainable}

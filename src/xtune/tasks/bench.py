@@ -35,6 +35,14 @@ def bench(cfg: DictConfig) -> dict:
 
     run_dir = Path(cfg.paths.output_dir)
     spec = cfg.bench
+    if spec.mode == "job":
+        from xtune.tasks.bench_job import bench_job, job_markdown
+
+        report = bench_job(cfg, run_dir)
+        write_json(run_dir / "bench_job.json", report)
+        (run_dir / "bench_job.md").write_text(job_markdown(report))
+        print(job_markdown(report))
+        return report
     models = list(spec.models or [cfg.model.name])
     grid = list(itertools.product(models, spec.precisions, spec.batch_sizes, spec.channels_last, spec.compile))
     rows = []
@@ -88,14 +96,14 @@ def _measure(cfg: DictConfig, kind: str, batch_size: int) -> dict:
     from xtune import hardware
     from xtune.hardware.info import device_name
     from xtune.hardware.throughput import peak_flops, train_step_flops
-    from xtune.tasks.common import build
+    from xtune.config.instantiate import build
 
     spec = cfg.bench
     torch.manual_seed(cfg.seed)
     backbone = build(cfg.model, "model")(num_classes=int(spec.num_classes))
     size = cfg.data.image_size or backbone.pretrained_cfg["input_size"][-1]
     input_size = (3, int(size), int(size))
-    channels_last = hardware.wants_channels_last(cfg.hardware.get("channels_last"), kind, backbone)
+    channels_last = hardware.wants_channels_last(cfg, kind, backbone)
     device = _device(kind)
     images = torch.randn(batch_size, *input_size, device=device)
     targets = torch.randint(0, int(spec.num_classes), (batch_size,), device=device)
@@ -167,7 +175,7 @@ def _xtune_steps(cfg, kind, backbone, images, targets, channels_last):
     from xtune.callbacks import FiniteLoss
     from xtune.hardware.throughput import Stopwatch, peak_memory_bytes, reset_peak_memory
     from xtune.models.module import ClassificationModule
-    from xtune.tasks.common import build
+    from xtune.config.instantiate import build
 
     spec = cfg.bench
     warmup, steps = int(spec.warmup_steps), int(spec.steps)
@@ -210,7 +218,7 @@ def _plain_steps(cfg, backbone, images, targets, channels_last, device):
     import torch
 
     from xtune.hardware.throughput import Stopwatch, peak_memory_bytes, reset_peak_memory
-    from xtune.tasks.common import build
+    from xtune.config.instantiate import build
 
     spec = cfg.bench
     precision = str(cfg.trainer.precision)

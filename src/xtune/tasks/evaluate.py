@@ -16,6 +16,14 @@ log = logging.getLogger("xtune")
 
 #: top-level keys an eval command line may change in the stored training config
 OVERRIDABLE = ("data", "model")
+#: data keys that change how data is loaded, not which data: the stored test split is kept
+LOADING = ("data.batch_size", "data.eval_batch_size", "data.num_workers", "data.pin_memory", "data.persistent_workers")
+
+
+def other_data(overrides: list[str]) -> bool:
+    """Does this eval command point at other data than the run trained on (data=, data.root=, ...)?"""
+    keys = [o.split("=", 1)[0].lstrip("+~") for o in overrides]
+    return any(k.split(".")[0] == "data" and k not in LOADING for k in keys)
 
 
 def stored_config_with_overrides(stored: dict, cfg: DictConfig, overrides: list[str]) -> DictConfig:
@@ -46,13 +54,22 @@ def evaluate(cfg: DictConfig) -> float | None:
 
     from xtune import hardware
     from xtune.checkpoint import module_from_checkpoint, read_checkpoint
-    from xtune.report import run_summary, write_summary
-    from xtune.tasks.common import build, build_all, build_trainer, save_config
+    from xtune.evaluation_report import EvaluationReport
+    from xtune.loggers import finish_wandb
+    from xtune.report import final_line, run_summary, write_summary
+    from xtune.config.instantiate import build, build_all
+    from xtune.tasks.common import build_trainer, save_config
 
     kind = hardware.prepare(cfg)
     checkpoint = read_checkpoint(cfg.ckpt_path)
     stored = checkpoint["xtune"]
-    run = stored_config_with_overrides(stored["config"], cfg, list(HydraConfig.get().overrides.task))
+    overrides = list(HydraConfig.get().overrides.task)
+    run = stored_config_with_overrides(stored["config"], cfg, overrides)
+    # Another folder is evaluated whole (or its test/ split): the run's own split fractions mean
+    # nothing there. The run's own data keeps its stored test split, so the test metric repeats.
+    if other_data(overrides):
+        with open_dict(run):
+            run.data.test_only = True
     # what this evaluation runs with: the checkpoint's model and data, this command's trainer
     shown = OmegaConf.create({
         "ckpt_path": cfg.ckpt_path, "data": run.data, "model": run.model,
@@ -68,16 +85,18 @@ def evaluate(cfg: DictConfig) -> float | None:
             "with the same class folders"
         )
     # Weights come from the checkpoint (never from the Hub), into the model the run trained.
-    module, _ = module_from_checkpoint(checkpoint, run)
+    module, _ = module_from_checkpoint(checkpoint, run, path=cfg.ckpt_path)
     backbone = module.backbone
     backbone.weight_source = f"checkpoint:{Path(cfg.ckpt_path).expanduser().resolve()}"
-    datamodule.resolve_transforms(backbone)
+    data_config = datamodule.resolve_transforms(backbone)
+    module.preprocess = datamodule.batch_preprocess  # uint8 batches, normalised on the device
 
-    if hardware.wants_channels_last((cfg.get("hardware") or {}).get("channels_last"), kind, backbone):
-        module.use_channels_last()
+    hardware.apply_memory_format(cfg, kind, module)
     loggers = build_all(cfg.get("logger"), "logger")
-    trainer = build_trainer(cfg, hardware.callbacks(cfg, kind), loggers)
     run_dir = Path(cfg.paths.output_dir)
+    # per-class scores, confusion matrix and mistakes, beside summary.json
+    report = EvaluationReport(run_dir, classes=datamodule.classes, mean=data_config["mean"], std=data_config["std"])
+    trainer = build_trainer(cfg, [*hardware.callbacks(cfg, kind), report], loggers)
     save_config(shown, run_dir)
 
     results = trainer.test(module, datamodule=datamodule)
@@ -85,8 +104,10 @@ def evaluate(cfg: DictConfig) -> float | None:
     summary = run_summary(cfg_for_summary(cfg, run), trainer, module, datamodule, None, metrics, started)
     summary["checkpoint"] = str(Path(cfg.ckpt_path).expanduser().resolve())
     summary.pop("best")
+    summary["evaluation"] = report.summary()
     if trainer.is_global_zero:
         write_summary(run_dir, summary)
+        print(final_line(summary, finish_wandb()), flush=True)
     return metrics.get("test/acc")
 
 

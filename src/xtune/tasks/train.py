@@ -7,16 +7,16 @@ config; returns the value of `optimized_metric` for sweepers.
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 
 from omegaconf import DictConfig
 
 from xtune.config.printing import print_config_tree
 from xtune.config.validate import validate_train
-from xtune.errors import XtuneConfigError, XtuneInterrupted
+from xtune.errors import XtuneConfigError
 from xtune.hardware.profile import is_rank_zero
 from xtune.launch.resume import resume_point, truncate_metrics
+from xtune.tasks.common import resolved
 
 log = logging.getLogger("xtune")
 
@@ -24,8 +24,13 @@ log = logging.getLogger("xtune")
 def train(cfg: DictConfig) -> float | None:
     from xtune.hardware.profile import DistributedScope
 
+    from xtune.loggers import finish_wandb
+    from xtune.report import final_line
+
     with DistributedScope():  # the next job of a multirun starts from a clean slate
         summary = run_training(cfg)
+    if is_rank_zero():
+        print(final_line(summary, finish_wandb()), flush=True)
     metric = cfg.get("optimized_metric")
     value = summary["metrics"].get(metric) if metric else None
     if metric and value is None:
@@ -35,15 +40,18 @@ def train(cfg: DictConfig) -> float | None:
 
 def run_training(cfg: DictConfig, extra_callbacks=()) -> dict:
     """Fit and test as `cfg` says; write the run directory; return the summary."""
-    started = time.time()
+    from xtune.report import Timeline
+
+    timeline = Timeline()
+    started = timeline.marks[1][1]
     # Cheap checks first: a typo costs a second, not a model build.
     validate_train(cfg)
     run_dir = Path(cfg.paths.output_dir)
     # A requeued job, or a re-run of a named run, continues where it stopped (resume=auto).
-    ckpt_path, finished = resume_point(cfg, run_dir)
+    ckpt_path, finished = resume_point(cfg, run_dir, resolved(cfg))
     if finished is not None:
         log.info("run directory %s already holds a completed run: returning its result "
-                 "(resume=never or another run_name trains anew)", run_dir)
+                 "(another run_name trains anew)", run_dir)
         return finished
     if is_rank_zero():
         print_config_tree(cfg)
@@ -52,31 +60,30 @@ def run_training(cfg: DictConfig, extra_callbacks=()) -> dict:
 
     from xtune import hardware
     from xtune.callbacks import FiniteLoss, ReseedEveryStep, RunStats, StoreRunInfo
-    from xtune.checkpoint import check_resume_fits, read_checkpoint
+    from xtune.config.instantiate import build, build_all
+    from xtune.evaluation_report import EvaluationReport
     from xtune.launch.preemption import GracefulStop, ResumeMidEpoch
     from xtune.models.finetune import Strategy, trainable_summary
     from xtune.models.module import ClassificationModule
-    from xtune.report import run_summary, write_summary
-    from xtune.tasks.common import build, build_all, build_trainer, resolved, save_config
+    from xtune.report import RunRecord, run_summary
+    from xtune.tasks.common import build_trainer, save_config
 
     # The hardware first: a missing GPU or TPU, or a precision it cannot run, fails in seconds.
     kind = hardware.prepare(cfg)
     pl.seed_everything(cfg.seed, workers=True)
+    timeline.mark("checks")
 
     # Data next: its classes decide the size of the model's head.
     datamodule = build(cfg.data, "data")
+    timeline.mark("data")
     # The backbone with its weights (Hub cache, Hub, local file or random), sized for these classes.
     backbone = build(cfg.model, "model")(num_classes=datamodule.num_classes)
     # Preprocessing follows the backbone's own pretrained data config (timm), not ImageNet constants.
     data_config = datamodule.resolve_transforms(backbone)
-    weight_source = backbone.weight_source
-    # A resumed run must continue the same model on the same classes; its metrics.csv drops the
-    # rows a killed attempt logged after the checkpoint.
-    if ckpt_path:
-        checkpoint = read_checkpoint(ckpt_path)
-        check_resume_fits(checkpoint, ckpt_path, cfg.model.name, datamodule.classes)
-        truncate_metrics(run_dir / "metrics.csv", int(checkpoint.get("global_step", 0)))
-        del checkpoint
+    weight_source, data_fingerprint = backbone.weight_source, datamodule.fingerprint()
+    # A resumed run must continue the same model on the same data; metrics.csv keeps only the
+    # rows logged before the checkpoint (none for a fresh start).
+    truncate_metrics(run_dir / "metrics.csv", _resumable(ckpt_path, cfg, datamodule.classes, data_fingerprint))
 
     # The fine-tuning strategy decides what trains (freezing, LoRA adapters) and at which LR.
     strategy = build(cfg.finetune, "finetune") if cfg.get("finetune") else Strategy()
@@ -88,35 +95,39 @@ def run_training(cfg: DictConfig, extra_callbacks=()) -> dict:
     mixup = build(cfg.mixup, "mixup") if cfg.get("mixup") else None
     module = ClassificationModule(backbone, datamodule.num_classes, optimizer, scheduler,
                                   label_smoothing=float(cfg.get("label_smoothing") or 0.0), mixup=mixup,
-                                  optimizer_kwargs=optimizer_kwargs)
-    if hardware.wants_channels_last((cfg.get("hardware") or {}).get("channels_last"), kind, backbone):
-        module.use_channels_last()
+                                  optimizer_kwargs=optimizer_kwargs, preprocess=datamodule.batch_preprocess)
+    hardware.apply_memory_format(cfg, kind, module)
+    timeline.mark("model")
 
+    # The Trainer last: it needs every callback, and the callbacks need the data and the model.
     stats = RunStats(monitor="val/acc", mode="max")
+    # per-class scores, confusion matrix and mistakes of the test pass, beside summary.json
+    report = EvaluationReport(run_dir, classes=datamodule.classes, mean=data_config["mean"], std=data_config["std"])
     stop = GracefulStop(str(run_dir / "checkpoints"))
     callbacks = [
         *build_all(cfg.get("callbacks"), "callbacks"),
         *strategy.callbacks(),
         *hardware.callbacks(cfg, kind),
         stats,
+        report,
         ReseedEveryStep(cfg.seed),
         ResumeMidEpoch(),
         stop,
         FiniteLoss(check_every_n_steps=int(cfg.trainer.get("log_every_n_steps") or 50)),
-        StoreRunInfo(resolved(cfg), datamodule.classes, data_config, weight_source),
+        StoreRunInfo(resolved(cfg), datamodule.classes, data_config, weight_source, data_fingerprint),
         *extra_callbacks,
     ]
     loggers = build_all(cfg.get("logger"), "logger")
     trainer = build_trainer(cfg, callbacks, loggers)
     hardware.prepare_ddp_relaunch()  # ranks > 0 of a DDP run re-run this exact job
-
     if trainer.is_global_zero:
         config = save_config(cfg, run_dir)
         for logger in loggers:
             logger.log_hyperparams(config)
+    timeline.mark("trainer")
 
-    summary = {"status": "running"}
-    try:
+    # summary.json says how the run ended: completed, interrupted (resumable) or failed
+    with RunRecord(run_dir, trainer, stats, stop, started) as record:
         # Lightning's finders (tune=lr / batch_size) adjust module.lr / datamodule.batch_size.
         tuned = _tune(cfg, trainer, module, datamodule, run_dir) if cfg.get("tune") else {}
         fit_metrics = {}
@@ -124,40 +135,45 @@ def run_training(cfg: DictConfig, extra_callbacks=()) -> dict:
             trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
             fit_metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
         trainable = trainable_summary(module.backbone)  # as trained (testing may re-freeze)
-        test_metrics = {}
-        if cfg.get("test"):
-            best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-            ckpt = best or (None if cfg.get("train") else ckpt_path)
-            if not ckpt:
-                log.warning("no checkpoint callback: testing the final weights")
-            results = trainer.test(module, datamodule=datamodule, ckpt_path=ckpt)
-            test_metrics = dict(results[0]) if results else {}
+        if stats.first_step_at:
+            timeline.mark("first_step", stats.first_step_at)
+            timeline.mark("last_step", stats.last_step_at)
+        test_metrics = _test(cfg, trainer, module, datamodule, ckpt_path) if cfg.get("test") else {}
+        timeline.mark("tested")
         exported = None
         if cfg.get("export") and trainer.is_global_zero:  # the tested (best, or EMA) weights
             from xtune.models.export import export_model
 
             exported = str(export_model(strategy.export(module.backbone), cfg.get("export_dir") or run_dir / "export",
                                         datamodule.classes, data_config))
-        summary = run_summary(cfg, trainer, module, datamodule, stats, {**fit_metrics, **test_metrics}, started)
-        summary["model"]["weights"] = weight_source
-        summary["finetune"] = {"strategy": strategy.name, **trainable}
-        summary["tuned"] = tuned
-        summary["export"] = exported
-    except BaseException as error:
-        if stop.saved is not None:  # SIGTERM, SIGUSR1/2 or Ctrl-C: stopped at a batch boundary
-            summary = {"status": "interrupted", "epoch": trainer.current_epoch, "global_step": trainer.global_step,
-                       "wall_time_s": round(time.time() - started, 2)}
-            raise XtuneInterrupted(
-                f"interrupted at epoch {trainer.current_epoch}, step {trainer.global_step}: saved {stop.saved}; "
-                "run the same command again to continue (resume=auto)"
-            ) from None
-        summary = {"status": "failed", "error": f"{type(error).__name__}: {error}"[:2000],
-                   "wall_time_s": round(time.time() - started, 2)}
-        raise
-    finally:
-        if trainer.is_global_zero:
-            write_summary(run_dir, summary, stats.history)
-    return summary
+        record.summary = run_summary(cfg, trainer, module, datamodule, stats, {**fit_metrics, **test_metrics},
+                                     started, timeline)
+        record.summary.update(finetune={"strategy": strategy.name, **trainable}, tuned=tuned, export=exported,
+                              evaluation=report.summary())
+        record.summary["model"]["weights"] = weight_source
+    return record.summary
+
+
+def _resumable(ckpt_path, cfg: DictConfig, classes: list, fingerprint: dict) -> int:
+    """The step a resumed run continues from (0 for a fresh start), after checking the checkpoint
+    was trained with this model on this data."""
+    from xtune.checkpoint import check_resume_fits, read_checkpoint
+
+    if not ckpt_path:
+        return 0
+    checkpoint = read_checkpoint(ckpt_path)
+    check_resume_fits(checkpoint, ckpt_path, cfg.model.name, classes, fingerprint)
+    return int(checkpoint.get("global_step", 0))
+
+
+def _test(cfg: DictConfig, trainer, module, datamodule, ckpt_path) -> dict:
+    """Test the best checkpoint (the final weights when no checkpoint callback ran)."""
+    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    ckpt = best or (None if cfg.get("train") else ckpt_path)
+    if not ckpt:
+        log.warning("no checkpoint callback: testing the final weights")
+    results = trainer.test(module, datamodule=datamodule, ckpt_path=ckpt)
+    return dict(results[0]) if results else {}
 
 
 def _probe_optimizer(factory, backbone, kwargs) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 from omegaconf import DictConfig, open_dict
@@ -21,7 +20,6 @@ class XlaNotReady(XtuneError):
 
 
 def xla_check(cfg: DictConfig, extra_callbacks=()) -> dict:
-    os.environ.setdefault("PJRT_DEVICE", "CPU")  # before torch_xla starts its runtime
     check = cfg.xla_check
     with open_dict(cfg):
         cfg.trainer.max_epochs = int(check.epochs)
