@@ -98,16 +98,20 @@ def freeze_backbone(model: nn.Module) -> None:
 
 
 class FrozenNormsInEval(pl.Callback):
-    """Keeps BatchNorm layers whose parameters are frozen in eval mode, so their running
-    statistics do not drift. Lightning switches the whole module to train mode at every epoch
-    and after every validation, hence the check at each training batch (a few microseconds)."""
+    """BatchNorm layers train exactly when their parameters do: frozen ones stay in eval mode
+    (running statistics unchanged), unfrozen ones (freeze_unfreeze, after the unfreeze) train.
+
+    Checked at each training batch (a few microseconds): Lightning restores every module's mode
+    after validation, and puts all of them in train mode when a fit starts - so without this a
+    resumed run and an uninterrupted one would disagree on the mode of unfrozen layers."""
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         for module in pl_module.modules():
-            if isinstance(module, _BatchNorm) and module.training:
+            if isinstance(module, _BatchNorm):
                 weight = module.weight
-                if weight is None or not weight.requires_grad:
-                    module.eval()
+                trains = weight is not None and weight.requires_grad
+                if module.training != trains:
+                    module.train(trains)
 
 
 class LinearProbe(Strategy):

@@ -70,6 +70,15 @@ def evaluate(cfg: DictConfig) -> float | None:
     if other_data(overrides):
         with open_dict(run):
             run.data.test_only = True
+            # and is seen as the model was trained to see it: the run's own preprocessing,
+            # unless this command sets a key of it (data=imagefolder would otherwise bring its own)
+            given = {o.split("=", 1)[0].lstrip("+~") for o in overrides}
+            trained = dict(stored.get("data_config") or {})
+            if "input_size" in trained:
+                trained["image_size"] = trained["input_size"][-1]
+            for key in ("image_size", "mean", "std", "interpolation", "crop_pct"):
+                if key in trained and f"data.{key}" not in given:
+                    run.data[key] = trained[key]
     # what this evaluation runs with: the checkpoint's model and data, this command's trainer
     shown = OmegaConf.create({
         "ckpt_path": cfg.ckpt_path, "data": run.data, "model": run.model,
