@@ -30,7 +30,8 @@ def from_markdown(path: Path) -> list[str]:
         else:  # inline `python train.py ...` with at least one argument
             for span in re.findall(r"`([^`]+)`", line):
                 found = _command(span)
-                if found and " " in found.split("py", 1)[-1].strip() + " " and len(found.split()) > (2 if found.startswith("python") else 1):
+                program = 2 if found and found.startswith("python") else 1  # `python train.py` or `xtune-x`
+                if found and len(found.split()) > program:  # a bare name refers to the program
                     commands.append(found)
     return commands
 

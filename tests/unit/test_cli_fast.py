@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -54,7 +55,9 @@ def test_cfg_job_prints_the_composed_config(env):
 def test_console_scripts_are_installed(script, env):
     import shutil
 
-    path = shutil.which(script) or str(ROOT / ".venv" / "bin" / script)
+    # the environment running the tests: the one whose scripts must be there
+    path = str(Path(sys.executable).parent / script)
+    assert shutil.which(path), f"{script} is not installed in {Path(sys.executable).parent}"
     result = subprocess.run([path, "--help"], env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert "Config groups" in result.stdout

@@ -22,7 +22,6 @@ import warnings
 from pathlib import Path
 
 import pytorch_lightning as pl
-import torch
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from xtune.config.resolvers import in_submitit

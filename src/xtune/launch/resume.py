@@ -22,9 +22,11 @@ log = logging.getLogger("xtune")
 POLICIES = ("auto", "never")
 
 
-#: settings that may change when a run continues: its length, where and how it logs, how data
-#: is loaded. Anything else changed means other training: refused, so a run never mixes two.
-MAY_CHANGE = ("trainer.max_epochs", "trainer.max_steps", "trainer.min_epochs", "ckpt_path", "resume", "tags",
+#: settings that may change when a run continues: its length, its name (the directory is its
+#: identity: a requeued sweep job re-resolves the default run_name, the time), where and how it
+#: logs, how data is loaded. Anything else changed means other training: refused, so a run never
+#: mixes two.
+MAY_CHANGE = ("run_name", "trainer.max_epochs", "trainer.max_steps", "trainer.min_epochs", "ckpt_path", "resume", "tags",
               "test", "export", "export_dir", "optimized_metric", "logger", "paths", "callbacks.rich_progress_bar",
               "callbacks.model_summary", "trainer.enable_progress_bar", "trainer.num_sanity_val_steps",
               "trainer.log_every_n_steps", "trainer.profiler", "data.num_workers", "data.pin_memory",

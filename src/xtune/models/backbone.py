@@ -10,10 +10,14 @@ from __future__ import annotations
 import difflib
 import importlib
 from dataclasses import dataclass
-from pathlib import Path
+
+from typing import TYPE_CHECKING
 
 from xtune.errors import XtuneConfigError
 from xtune.models import weights as W
+
+if TYPE_CHECKING:
+    from torch import nn
 
 
 def classifier_names(model: nn.Module) -> list[str]:

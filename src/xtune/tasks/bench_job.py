@@ -171,7 +171,7 @@ def _timm_loader(job: dict, is_training: bool):
         is_training=is_training, scale=tuple(job["scale"]), ratio=tuple(job["ratio"]), hflip=job["hflip"],
         color_jitter=None, interpolation="bilinear", mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
         num_workers=job["workers"], crop_pct=1.0, device=torch.device("cpu"), use_prefetcher=True,
-        persistent_workers=True)
+        persistent_workers=job["workers"] > 0)
     return loader, len(dataset.reader.class_to_idx) if hasattr(dataset, "reader") else None
 
 
@@ -204,7 +204,7 @@ def timm_loop(job: dict) -> dict:
             updates += 1
             scheduler.step_update(num_updates=updates)
             now = time.perf_counter()
-            if last is not None and (epoch or step > 3):  # as xtune counts: past the first steps
+            if last is not None and updates > 3:  # as xtune's RunStats counts: past the first 3 steps
                 images_seen += images.shape[0]
                 train_seconds += now - last
             last = now
@@ -215,7 +215,8 @@ def timm_loop(job: dict) -> dict:
                 correct += int((model(images).argmax(1) == targets).sum())
                 total += targets.shape[0]
         accuracy = correct / total
-    return {"train_images_per_s": round(images_seen / train_seconds, 1), "val_acc": round(accuracy, 4)}
+    return {"train_images_per_s": round(images_seen / train_seconds, 1) if train_seconds else None,
+            "val_acc": round(accuracy, 4)}
 
 
 def main() -> None:
