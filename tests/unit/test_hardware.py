@@ -145,3 +145,51 @@ def test_checkpoint_io_is_decided_from_the_strategy_object(tmp_path):
     trainer = pl.Trainer(accelerator="cpu", plugins=[OwnWriter()], logger=False, enable_progress_bar=False)
     use_atomic_checkpoints(trainer)
     assert type(trainer.strategy.checkpoint_io) is OwnWriter
+
+
+# --- XLA profiles: which strategy runs, on how many devices (decided before torch_xla starts) ---------
+
+
+def test_tpu_profile_runs_spmd_by_default_and_xla_spawn_by_name(tmp_path):
+    """trainer=tpu: one SPMD process per host (Lightning sees one device standing for the mesh);
+    trainer.strategy=xla_spawn keeps Lightning's one process per chip. Checked without torch_xla:
+    the names resolve in Lightning's registry to the classes the Trainer will build."""
+    from pytorch_lightning.strategies import StrategyRegistry, XLAStrategy
+
+    from xtune.hardware import xla_profile
+    from xtune.hardware.spmd import XLASPMDStrategy
+
+    spmd = compose("train", ["trainer=tpu"], output_dir=tmp_path)
+    assert spmd.trainer.strategy == "xla_spmd" and spmd.trainer.devices == "auto"
+    xla_profile.configure(spmd)
+    assert spmd.trainer.devices == 1
+    for name, fsdp in (("xla_spmd", False), ("xla_spmd_fsdp", True)):
+        entry = StrategyRegistry[name]
+        assert entry["strategy"] is XLASPMDStrategy and entry["init_params"].get("fsdp", False) is fsdp
+    spawn = compose("train", ["trainer=tpu", "trainer.strategy=xla_spawn"], output_dir=tmp_path)
+    xla_profile.configure(spawn)
+    assert spawn.trainer.devices == "auto"  # one process per chip, all chips
+    assert StrategyRegistry["xla_spawn"]["strategy"] is XLAStrategy
+    assert xla_profile.is_spmd({"_target_": "xtune.hardware.spmd.XLASPMDStrategy", "fsdp": True})
+    assert not xla_profile.is_spmd("xla_spawn") and not xla_profile.is_spmd("auto")
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["trainer=tpu", "trainer.devices=4"],
+     "trainer.strategy=xla_spmd drives every chip of the host from one process (SPMD): trainer.devices must be "
+     "auto, not 4; for 4 chip(s) use trainer.strategy=xla_spawn trainer.devices=4"),
+    (["trainer=xla_cpu", "hardware.xla_cpu_devices=0"], "hardware.xla_cpu_devices=0: expected a whole number >= 1"),
+    (["trainer=xla_cpu", "hardware.xla_cpu_devices=two"], "hardware.xla_cpu_devices=two: expected a whole number"),
+    (["trainer=xla_cpu", "hardware.xla_cpu_devices=2", "trainer.strategy=auto"],
+     "hardware.xla_cpu_devices=2 with trainer.strategy=auto: several XLA:CPU devices run only under SPMD"),
+    (["trainer=xla_cpu", "trainer.devices=4"],
+     "trainer=xla_cpu trainer.devices=4: the number of XLA:CPU devices is hardware.xla_cpu_devices "
+     "(e.g. hardware.xla_cpu_devices=4)"),
+])
+def test_xla_device_requests_that_cannot_run_are_refused_in_one_line(tmp_path, overrides, message):
+    from xtune.hardware import xla_profile
+
+    cfg = compose("train", overrides, output_dir=tmp_path)
+    with pytest.raises(XtuneConfigError) as raised:
+        xla_profile.configure(cfg)
+    assert str(raised.value).startswith(message) and "\n" not in str(raised.value)

@@ -74,3 +74,28 @@ def test_without_gcloud_one_line_names_the_fix(monkeypatch, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: gcloud not found: install the Google Cloud CLI")
     assert main(["--name", "t", "--zone", "z", "--dry-run", "--", *TRAIN]) == 0  # a dry run needs no gcloud
+
+
+def test_a_pod_slice_runs_the_same_command_on_every_host_one_spmd_process_each(capsys):
+    """v4-32 is a pod slice of 4 hosts: one gcloud ssh --worker=all runs the identical command on each;
+    trainer=tpu's default strategy (xla_spmd) makes that one process per host, and --dry-run says so."""
+    command = ["python", "train.py", "trainer=tpu", "model=vit", "run_name=vit-pod"]
+    assert main(["--name", "pod", "--zone", "us-central2-b", "--accelerator-type", "v4-32", "--no-copy",
+                 "--dry-run", "--", *command]) == 0
+    out = capsys.readouterr().out.splitlines()
+    runs = [i for i, line in enumerate(out) if line.startswith("$ ")]
+    assert len(runs) == 1  # --no-copy: only the run step, once for all workers
+    assert out[runs[0] - 1] == ("# run the same command on every worker at once: one process per host, "
+                                "SPMD over all chips of the slice (xtune's XLASPMDStrategy)")
+    ssh = shlex.split(out[runs[0]][2:])
+    assert ssh[:5] == ["gcloud", "compute", "tpus", "tpu-vm", "ssh"] and "--worker=all" in ssh
+    remote = next(word for word in ssh if word.startswith("--command=")).removeprefix("--command=")
+    assert shlex.split(remote.split("PJRT_DEVICE=TPU ", 1)[1]) == command  # no per-worker rank or address
+
+
+def test_the_dry_run_says_when_each_chip_gets_a_process():
+    spawn = plan(parse(["--name", "p", "--zone", "z", "--no-copy", "--", *TRAIN, "trainer.strategy=xla_spawn"]))
+    assert spawn[-1][0].endswith("one process per chip on each host (Lightning's XLAStrategy, "
+                                 "trainer.strategy=xla_spawn)")
+    other = plan(parse(["--name", "p", "--zone", "z", "--no-copy", "--", "python", "-c", "print(1)"]))
+    assert other[-1][0].endswith(": the command as given")

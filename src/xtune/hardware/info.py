@@ -39,7 +39,8 @@ def describe(trainer) -> dict:
         "accelerator": accelerator,
         "device_type": root.type,
         "device_name": device_name(kind, root),
-        "devices": trainer.num_devices,
+        # SPMD: Lightning sees one process and one virtual device; the mesh spans the real ones
+        "devices": getattr(trainer.strategy, "num_devices", None) or trainer.num_devices,
         "nodes": trainer.num_nodes,
         "world_size": trainer.world_size,
         "strategy": type(trainer.strategy).__name__,

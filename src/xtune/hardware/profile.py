@@ -138,7 +138,12 @@ def prepare(cfg: DictConfig) -> str:
         torch.set_float32_matmul_precision(hardware.matmul_precision)
         torch.backends.cudnn.allow_tf32 = hardware.matmul_precision != "highest"
     if kind == "tpu":
-        os.environ.setdefault("PJRT_DEVICE", "TPU")
+        from xtune.hardware import xla_profile
+
+        # XLA on this CPU for trainer=xla_cpu (its accelerator is a config node), else the TPU
+        os.environ.setdefault("PJRT_DEVICE", "CPU" if isinstance(accelerator, (dict, DictConfig)) else "TPU")
+        # the strategy (SPMD by default) and the device count, fixed before torch_xla's runtime starts
+        xla_profile.configure(cfg)
     return kind
 
 
@@ -162,7 +167,8 @@ def apply_memory_format(cfg: DictConfig, kind: str, module) -> None:
 
 
 def callbacks(cfg: DictConfig, kind: str) -> list:
-    """Callbacks a device needs (not user options)."""
+    """Callbacks a device needs (not user options). XLA: one device in Lightning's view (one chip, or
+    SPMD's one process per host, after prepare) gets the graph cut per evaluation batch."""
     hardware = cfg.get("hardware") or {}
     devices = cfg.trainer.get("devices")
     if kind == "tpu" and hardware.get("xla_sync_eval") and str(devices) in ("1", "[0]"):

@@ -5,8 +5,10 @@
 
 Steps (each printed, and only printed with --dry-run): create the TPU through a queued resource
 (spot or reserved) and wait until it is ACTIVE; copy the code (the git-tracked files) to every
-worker; install it with the [tpu] extra; run the command on all workers at once
-(`gcloud compute tpus tpu-vm ssh --worker=all`), which is how torch_xla runs on a multi-host pod.
+worker; install it with the [tpu] extra; run the same command on all workers at once
+(`gcloud compute tpus tpu-vm ssh --worker=all`), which is how torch_xla runs on a multi-host pod:
+one process per host (trainer=tpu's default strategy, xla_spmd, drives every chip of its host and
+the hosts form one mesh), or with trainer.strategy=xla_spawn one process per chip on every host.
 A spot TPU that is preempted is deleted: run the same xtune-tpu command again - with --create it
 queues a new one - and the run continues from its last checkpoint (resume=auto), provided the
 run directory is on storage that outlives the VM (a GCS bucket mounted with gcsfuse, a filestore).
@@ -69,8 +71,20 @@ def plan(args: argparse.Namespace) -> list[tuple[str, list[str]]]:
                    "pip install -q --upgrade pip && pip install -q -e '.[tpu]'")
         steps.append(("install xtune with the [tpu] extra on every worker", ssh(args, install)))
     run = f"cd {REMOTE_DIR} && . .venv/bin/activate && PJRT_DEVICE=TPU {shlex.join(args.command)}"
-    steps.append(("run the command on every worker", ssh(args, run)))
+    steps.append((f"run the same command on every worker at once: {processes(args.command)}", ssh(args, run)))
     return steps
+
+
+def processes(command: list[str]) -> str:
+    """What runs on each worker, as the command's trainer.strategy decides (configs/trainer/tpu.yaml)."""
+    strategy = next((word.split("=", 1)[1] for word in command if word.startswith("trainer.strategy=")), None)
+    if strategy is None and "trainer=tpu" not in command:
+        return "the command as given"
+    if strategy in ("xla_spawn", "xla"):
+        return "one process per chip on each host (Lightning's XLAStrategy, trainer.strategy=xla_spawn)"
+    if strategy in (None, "xla_spmd", "xla_spmd_fsdp"):
+        return "one process per host, SPMD over all chips of the slice (xtune's XLASPMDStrategy)"
+    return f"trainer.strategy={strategy}"
 
 
 def with_stable_run_name(command: list[str], tpu_name: str) -> list[str]:
