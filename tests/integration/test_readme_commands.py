@@ -237,6 +237,9 @@ COMMANDS: dict[str, Expect] = {
     "python train.py trainer=gpu tune=batch_size": fails(NO_GPU),
     # need torch_xla (its own environment: tests/xla runs these paths) or a TPU
     "PJRT_DEVICE=CPU python train.py trainer=xla_cpu": fails(NO_XLA),
+    "python train.py trainer=xla_cpu hardware.xla_cpu_devices=4": fails(NO_XLA),
+    "xtune-xla-check model=vit data=imagefolder data.root=... hardware.xla_cpu_devices=4": fails(NO_XLA),
+    "xtune-xla-check model=vit hardware.xla_cpu_devices=4": fails(NO_XLA),
     "python train.py trainer=tpu model=resnet": fails(NO_XLA),
     "python train.py trainer=tpu model=resnet data=imagefolder data.root=data/pets": fails(NO_XLA),
     "xtune-xla-check model=tiny model.pretrained=false data=imagefolder data.root=data/pets": fails(NO_XLA),
