@@ -273,3 +273,12 @@ def test_a_full_disk_is_one_line_and_leaves_nothing_half_written(tmp_path):
         assert epochs == [0, 1, 2]  # no row of the failed attempt is repeated
     finally:
         subprocess.run(["umount", "-l", str(logs)], capture_output=True)
+
+
+@pytest.mark.parametrize("overrides,fragments", [
+    (["bench.mode=jobs"], ["bench.mode=jobs", "expected steps", "or job"]),
+    (["bench.mode=job"], ["bench.mode=job", "data.root=None is not a folder", "data=imagefolder"]),
+    (["bench.mode=job", "data=imagefolder", "data.root=/no/such/folder"], ["data.root=/no/such/folder"]),
+])
+def test_bench_mode_mistakes(tmp_path, overrides, fragments):
+    assert_one_line_error(run_cli("bench.py", *overrides, tmp_path=tmp_path), *fragments)

@@ -35,6 +35,11 @@ def bench(cfg: DictConfig) -> dict:
 
     run_dir = Path(cfg.paths.output_dir)
     spec = cfg.bench
+    if spec.mode not in ("steps", "job"):
+        from xtune.errors import XtuneConfigError
+
+        raise XtuneConfigError(f"bench.mode={spec.mode}: expected steps (the step-time grid) or job (one whole "
+                               "job on an image folder, xtune against timm's pipeline)")
     if spec.mode == "job":
         from xtune.tasks.bench_job import bench_job, job_markdown
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import statistics
 import subprocess
 import sys
@@ -29,6 +30,12 @@ from xtune.report import versions, write_json
 
 def job_settings(cfg: DictConfig) -> dict:
     """The one job both sides run, from the bench config (configs/bench.yaml: bench.job)."""
+    from xtune.errors import XtuneConfigError
+
+    if not cfg.data.get("root") or not Path(str(cfg.data.root)).expanduser().is_dir():
+        raise XtuneConfigError(f"bench.mode=job times a job on image files: data.root={cfg.data.get('root')} is not a "
+                               "folder; pass data=imagefolder data.root=/path/to/images (class folders, or train/ "
+                               "and val/ folders of them)")
     job = cfg.bench.job
     augment = cfg.data.augment
     return {
@@ -71,7 +78,10 @@ def _timed(command: list[str]) -> float:
     started = time.time()
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0:
-        raise RuntimeError(f"{command[:4]}... failed: {result.stderr.strip().splitlines()[-1:]}")
+        from xtune.errors import XtuneError
+
+        last = (result.stderr.strip().splitlines() or ["no output"])[-1]
+        raise XtuneError(f"bench.mode=job: a timed run failed ({shlex.join(command[1:3])} ...): {last}")
     return round(time.time() - started, 2)
 
 
