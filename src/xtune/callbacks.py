@@ -175,7 +175,14 @@ class ReseedEveryStep(pl.Callback):
         value = (self.seed * 1_000_003 + position * 7_919 + trainer.global_rank * 104_729) % (2**31 - 1)
         random.seed(value)
         np.random.seed(value)
-        torch.manual_seed(value)
+        # torch.manual_seed would also queue a lazy seed (with a formatted stack trace) for every
+        # accelerator backend torch was built with, at every step, even with no such device;
+        # seed the CPU generator and the accelerator that is in use
+        torch.default_generator.manual_seed(value)
+        if torch.cuda.is_initialized():
+            torch.cuda.manual_seed_all(value)
+        elif torch.backends.mps.is_available():
+            torch.mps.manual_seed(value)
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         # the epoch's first batches are loaded before on_train_batch_start of batch 0

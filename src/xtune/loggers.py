@@ -21,8 +21,15 @@ def wandb_api_key_configured() -> bool:
         return False
 
 
-def wandb_mode(mode: str | None = None) -> str:
-    """The W&B mode: the config's, else WANDB_MODE, else online with an API key, else offline."""
+def wandb_mode(mode: str | None = None) -> str | None:
+    """The W&B mode: the config's, else WANDB_MODE, else online with an API key, else offline.
+
+    `if_configured` (the default loggers' setting) is WANDB_MODE, else online with an API key,
+    else None: W&B is left out of a run on a machine where nobody set it up (its start, its
+    background service and its finish cost a short job seconds, and a folder nobody asked for).
+    """
+    if mode == "if_configured":
+        return os.environ.get("WANDB_MODE") or ("online" if wandb_api_key_configured() else None)
     return mode or os.environ.get("WANDB_MODE") or ("online" if wandb_api_key_configured() else "offline")
 
 
@@ -33,12 +40,15 @@ def wandb_logger(save_dir: str, mode: str | None = None, log_model: bool | str =
     directory (`save_dir/wandb/offline-run-*`) and can be uploaded later with `wandb sync DIR`.
     Keys are never passed through the config: W&B reads them from the environment or netrc.
     Other keyword arguments go to WandbLogger / wandb.init (project, name, group, tags, ...).
+    Returns None (no W&B logger) for `mode=if_configured` on a machine without W&B set up.
     """
+    mode = wandb_mode(mode)
+    if mode is None:
+        return None
     from pytorch_lightning.loggers import WandbLogger
 
     # the same run directory is the same W&B run: a requeued or resumed job continues it
     kwargs.setdefault("id", stable_run_id(save_dir))
-    mode = wandb_mode(mode)
     if mode in ("offline", "dryrun", "disabled"):
         log_model = False  # nothing to upload to
     os.makedirs(save_dir, exist_ok=True)

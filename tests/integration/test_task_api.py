@@ -37,6 +37,10 @@ def test_multirun_jobs_are_separate_wandb_runs_and_keep_no_secrets(tmp_path):
     runs = sorted(sweep.glob("*/wandb/offline-run-*"))
     assert [r.parent.parent.name for r in runs] == ["0", "1"]
     assert len({r.name.rsplit("-", 1)[-1] for r in runs}) == 2  # two run ids
+    for run in runs:
+        log = next(run.glob("run-*.wandb")).read_bytes()
+        for name in (b"val/acc", b"train/loss", b"test/acc", b"trainer/global_step"):
+            assert name in log, (run, name)
     for path in sweep.rglob("*"):
         if path.is_file():
             assert secret.encode() not in path.read_bytes(), path

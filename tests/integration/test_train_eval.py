@@ -67,13 +67,11 @@ def test_quickstart_run_directory(quickstart):
     assert "CONFIG" in result.stdout and "test_resnet" in result.stdout  # the rich config tree
 
 
-def test_quickstart_wandb_offline_run(quickstart):
+def test_quickstart_without_wandb_set_up_logs_to_csv_only(quickstart):
+    # the default loggers leave W&B out on a machine with no key and no WANDB_MODE (logger=wandb
+    # runs it offline: test_task_api); metrics.csv is checked above
     run_dir, _ = quickstart
-    runs = list((run_dir / "wandb").glob("offline-run-*"))
-    assert len(runs) == 1
-    log = next(runs[0].glob("run-*.wandb")).read_bytes()
-    for name in (b"val/acc", b"train/loss", b"test/acc", b"trainer/global_step"):
-        assert name in log
+    assert not (run_dir / "wandb").exists()
 
 
 def test_checkpoint_holds_the_config(quickstart):

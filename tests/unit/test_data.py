@@ -160,6 +160,21 @@ def test_unreadable_images_are_found_before_training_and_named(tmp_path):
         sources.imagefolder(str(tmp_path))
 
 
+def test_headers_are_checked_from_their_bytes_and_other_formats_by_pil(tmp_path):
+    write_image_folder(tmp_path, per_class=2)
+    good = (tmp_path / "red" / "000.png").read_bytes()
+    # a PNG whose header says 0 pixels wide; a PNG cut inside its header; a JPEG; a BMP (opened by PIL)
+    (tmp_path / "red" / "zero.png").write_bytes(good[:16] + (0).to_bytes(4, "big") + good[20:])
+    (tmp_path / "red" / "short.png").write_bytes(good[:12])
+    Image.new("RGB", (5, 4), "red").save(tmp_path / "blue" / "ok.jpg")
+    Image.new("RGB", (5, 4), "blue").save(tmp_path / "blue" / "ok.bmp")
+    with pytest.raises(XtuneDataError, match=r"2 of 10 images cannot be read, e\.g\. .*short\.png.*zero\.png"):
+        sources.imagefolder(str(tmp_path))
+    (tmp_path / "red" / "zero.png").unlink()
+    (tmp_path / "red" / "short.png").unlink()
+    assert len(sources.imagefolder(str(tmp_path)).splits["train"]) == 8
+
+
 def test_a_truncated_image_is_named_when_decoded(tmp_path):
     """The header check is fast, not a full decode: a cut-off file is still named when read."""
     write_image_folder(tmp_path, per_class=2, size=64)

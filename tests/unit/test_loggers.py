@@ -1,12 +1,22 @@
 """W&B works without an account, and respects WANDB_MODE."""
 
-from xtune.loggers import wandb_api_key_configured, wandb_mode
+from xtune.loggers import wandb_api_key_configured, wandb_logger, wandb_mode
 from xtune.report import redact
 
 
 def test_offline_without_a_key(monkeypatch, tmp_path):
     assert not wandb_api_key_configured()
     assert wandb_mode() == "offline"
+
+
+def test_default_loggers_leave_wandb_out_until_it_is_set_up(monkeypatch, tmp_path):
+    assert wandb_mode("if_configured") is None
+    assert wandb_logger(str(tmp_path / "run"), mode="if_configured") is None
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    assert wandb_mode("if_configured") == "offline"
+    monkeypatch.delenv("WANDB_MODE")
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    assert wandb_mode("if_configured") == "online"
 
 
 def test_wandb_mode_is_respected(monkeypatch):

@@ -32,7 +32,9 @@ def build(node, group: str, **kwargs):
 
 
 def build_all(node: DictConfig | None, group: str) -> list:
-    """Instantiate each `_target_` entry of a group such as callbacks or logger."""
+    """Instantiate each `_target_` entry of a group such as callbacks or logger; a factory that
+    returns None (W&B on a machine without it set up) adds nothing."""
     if not node:
         return []
-    return [build(entry, f"{group}.{key}") for key, entry in node.items() if entry and "_target_" in entry]
+    built = (build(entry, f"{group}.{key}") for key, entry in node.items() if entry and "_target_" in entry)
+    return [item for item in built if item is not None]

@@ -94,15 +94,27 @@ def _image_files(folder: Path, root: Path, seen: dict) -> list[str]:
     return found
 
 
+def _plain_header(head: bytes) -> bool:
+    """A PNG with a non-empty IHDR, or a JPEG start: what PIL would open, read from 32 bytes
+    (opening each file with PIL costs ~10x more, a second per 10,000 images)."""
+    if head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR":
+        return int.from_bytes(head[16:20], "big") > 0 and int.from_bytes(head[20:24], "big") > 0
+    return head[:3] == b"\xff\xd8\xff"
+
+
 def _check_headers(paths: list[str]) -> None:
     """Every image must open (its header read, not decoded) before any training starts: a bad
-    file found after an epoch of training costs that epoch. Threads, since this is file I/O."""
+    file found after an epoch of training costs that epoch. Threads, since this is file I/O.
+    PNG and JPEG headers are checked from their first bytes; any other file is opened by PIL."""
     from concurrent.futures import ThreadPoolExecutor
 
     from PIL import Image
 
     def problem(path: str) -> str | None:
         try:
+            with open(path, "rb") as handle:
+                if _plain_header(handle.read(32)):
+                    return None
             with Image.open(path) as image:
                 if image.width < 1 or image.height < 1:
                     return f"{path} (empty image)"
@@ -110,9 +122,11 @@ def _check_headers(paths: list[str]) -> None:
             return f"{path} ({type(error).__name__}: {' '.join(str(error).split())[:120]})"
         return None
 
-    workers = min(16, 2 * (os.cpu_count() or 1)) if len(paths) > 256 else 1
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        bad = [p for p in pool.map(problem, paths, chunksize=64) if p]
+    # chunks, not one task per file: a thread pool's per-task cost is larger than a header read
+    chunks = [paths[start:start + 512] for start in range(0, len(paths), 512)]
+    workers = min(8, 2 * (os.cpu_count() or 1), len(chunks))
+    with ThreadPoolExecutor(max_workers=max(workers, 1)) as pool:
+        bad = [p for chunk in pool.map(lambda chunk: [problem(path) for path in chunk], chunks) for p in chunk if p]
     if bad:
         raise XtuneDataError(
             f"{len(bad)} of {len(paths)} images cannot be read, e.g. {'; '.join(bad[:3])}; "

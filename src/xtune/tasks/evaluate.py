@@ -49,7 +49,9 @@ def stored_config_with_overrides(stored: dict, cfg: DictConfig, overrides: list[
 def evaluate(cfg: DictConfig) -> float | None:
     started = time.time()
     validate_eval(cfg)
+    from xtune.imports import import_framework
 
+    import_framework()
     from hydra.core.hydra_config import HydraConfig
 
     from xtune import hardware

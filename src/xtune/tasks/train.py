@@ -55,7 +55,9 @@ def run_training(cfg: DictConfig, extra_callbacks=()) -> dict:
         return finished
     if is_rank_zero():
         print_config_tree(cfg)
+    from xtune.imports import import_framework
 
+    import_framework()
     import pytorch_lightning as pl
 
     from xtune import hardware
