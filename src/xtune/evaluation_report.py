@@ -272,25 +272,54 @@ def plot_confusion(counts: torch.Tensor, classes: list[str], path: Path, annotat
     return path
 
 
-def plot_misclassified(items: list[dict], path: Path, columns: int = 8) -> Path:
-    """A grid of misclassified images titled "true -> predicted"."""
-    import matplotlib
+#: the misclassified grid: tile side (px), gap, caption and heading heights
+CELL, GAP, CAPTION, HEADING = 112, 6, 30, 24
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+
+def plot_misclassified(items: list[dict], path: Path, columns: int = 8) -> Path:
+    """A grid of misclassified images, each captioned with its true and (in red) predicted class.
+
+    Pasted tile by tile with Pillow: ~20 ms, where a matplotlib figure with one axes per image
+    took ~2 s of every test pass. An image is enlarged by a whole factor (nearest neighbour, so a
+    28-pixel image keeps its pixels) or shrunk to fit the tile.
+    """
+    from PIL import Image, ImageDraw
 
     columns = min(columns, len(items))
     rows = math.ceil(len(items) / columns)
-    figure, axes = plt.subplots(rows, columns, figsize=(1.9 * columns, 2.1 * rows + 0.4), squeeze=False,
-                                layout="constrained")
-    for axis in axes.flat:
-        axis.axis("off")
-    for axis, item in zip(axes.flat, items):
-        image, gray = item["image"], item["image"].shape[-1] == 1
-        axis.imshow(image[..., 0] if gray else image[..., :3], cmap="gray" if gray else None)
-        axis.set_title(f"{item['true'][:14]} -> {item['predicted'][:14]}", fontsize=7)
-    figure.suptitle(f"misclassified test images (first {len(items)})", fontsize=10)
+    canvas = Image.new("RGB", (GAP + columns * (CELL + GAP), HEADING + rows * (CELL + CAPTION + GAP)), "white")
+    draw, font = ImageDraw.Draw(canvas), _font(11)
+    draw.text((GAP, 5), f"misclassified test images (first {len(items)}): true, predicted", fill="black",
+              font=_font(13))
+    for position, item in enumerate(items):
+        row, column = divmod(position, columns)
+        x, y = GAP + column * (CELL + GAP), HEADING + row * (CELL + CAPTION + GAP)
+        tile = _tile(item["image"])
+        canvas.paste(tile, (x + (CELL - tile.width) // 2, y + (CELL - tile.height) // 2))
+        draw.text((x, y + CELL + 2), item["true"][:18], fill="black", font=font)
+        draw.text((x, y + CELL + 15), item["predicted"][:18], fill=(190, 20, 20), font=font)
     with atomic_path(path) as tmp:
-        figure.savefig(tmp, dpi=100, format="png")
-    plt.close(figure)
+        canvas.save(tmp, format="PNG")
     return path
+
+
+def _tile(image):
+    """HWC uint8 (1, 3 or 4 channels) -> an RGB PIL image at most CELL pixels on its longer side."""
+    from PIL import Image
+
+    tile = Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image[..., :3]).convert("RGB")
+    factor = CELL / max(tile.size)
+    if factor >= 1:
+        whole = int(factor)
+        return tile.resize((tile.width * whole, tile.height * whole), Image.NEAREST)
+    return tile.resize((max(1, round(tile.width * factor)), max(1, round(tile.height * factor))), Image.BILINEAR)
+
+
+def _font(size: int):
+    """Pillow's own scalable font (Pillow >= 10.1), else its fixed bitmap font."""
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)
+    except (TypeError, OSError):
+        return ImageFont.load_default()

@@ -120,6 +120,28 @@ def test_grid_holds_every_mistake_when_there_are_fewer_than_its_size(tmp_path, d
     assert (tmp_path / "misclassified.png").read_bytes()[:8] == PNG
 
 
+def test_the_grid_shows_each_mistake_pixel_for_pixel(tmp_path):
+    from PIL import Image
+
+    from xtune.evaluation_report import CAPTION, CELL, GAP, HEADING, plot_misclassified
+
+    rng = np.random.default_rng(0)
+    items = [{"image": rng.integers(0, 256, (28, 28, 1), dtype=np.uint8), "true": "Shirt", "predicted": "Coat"}
+             for _ in range(10)]
+    items[9]["image"] = rng.integers(0, 256, (28, 28, 3), dtype=np.uint8)
+    plot_misclassified(items, tmp_path / "grid.png", columns=8)
+    grid = np.asarray(Image.open(tmp_path / "grid.png").convert("RGB"))
+    assert grid.shape == (HEADING + 2 * (CELL + CAPTION + GAP), GAP + 8 * (CELL + GAP), 3)
+    factor = CELL // 28  # enlarged by a whole factor: every pixel of the image is there
+    margin = (CELL - 28 * factor) // 2
+    for position in (0, 7, 9):
+        row, column = divmod(position, 8)
+        y, x = HEADING + row * (CELL + CAPTION + GAP) + margin, GAP + column * (CELL + GAP) + margin
+        tile = grid[y:y + 28 * factor:factor, x:x + 28 * factor:factor]
+        image = items[position]["image"]
+        assert np.array_equal(tile, np.broadcast_to(image, (28, 28, 3)) if image.shape[-1] == 1 else image)
+
+
 def test_scores_of_a_known_matrix():
     counts = torch.tensor([[5, 1, 0, 0],
                            [2, 0, 0, 3],   # never predicted right
