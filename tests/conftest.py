@@ -7,6 +7,13 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+# pytest-xdist runs one worker per core: each worker's torch (and every command it starts, which
+# inherits the variable) then gets its share of the cores, set before anything imports torch or
+# numpy. Two workers with two threads each on two cores spin against each other (~3x slower).
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    share = (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, share)))
+
 # No network and an empty Hugging Face cache for the whole session, set before anything imports
 # huggingface_hub (it reads both at import) - including the fork server that runs CLI commands.
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -14,6 +21,38 @@ os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="xtune-tests-hf-home-")
 os.environ.pop("HF_ENDPOINT", None)
 
 from helpers import compose, offline_env  # noqa: E402
+
+
+#: fixtures that train a model once for several tests (conftest.py, test_finetune.py)
+SHARED_RUNS = ("main_job", "reference_run", "pretrained_0_to_4")
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
+def pytest_collection_modifyitems(config, items):
+    """README's `python -m pytest` runs on every core (pytest-xdist, --dist loadgroup): tests that
+    read one shared run share a worker, so it is trained once; the SLURM tests join the reference
+    run's worker (they compare against it, and preempt the single node's jobs: never side by side)."""
+    for item in items:
+        if item.get_closest_marker("xdist_group"):
+            continue
+        names = getattr(item, "fixturenames", ())  # every fixture the test needs, direct or not
+        shared = [name for name in SHARED_RUNS if name in names]
+        if item.path.parent.name == "cluster":
+            shared = ["reference_run"]
+        if shared:
+            item.add_marker(pytest.mark.xdist_group(shared[0]))
+
+
+def pytest_collection_finish(session):
+    """pytest-xdist groups a test by renaming it "nodeid@group"; a pytest that ignores the rename
+    (9.2, with xdist 3.8) would silently train the shared runs twice and run the SLURM tests side
+    by side."""
+    if not (os.environ.get("PYTEST_XDIST_WORKER") and session.config.getvalue("loadgroup")):
+        return
+    lost = [item.nodeid for item in session.items if item.get_closest_marker("xdist_group") and "@" not in item.nodeid]
+    if lost:
+        raise pytest.UsageError(f"pytest-xdist could not group {lost[0]} under pytest {pytest.__version__}: "
+                                "install the pytest version pyproject.toml's [dev] extra names, or run with -n 0")
 
 
 @pytest.fixture

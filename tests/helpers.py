@@ -46,8 +46,14 @@ _SERVER: dict = {}
 def _run_in_child(argv: list[str], cwd: str, env: dict, out: str, err: str) -> None:
     """In a process forked from the server: become `argv` run from `cwd` with `env`, as a shell
     would start it (`python train.py ...` runs train.py as __main__; `xtune-x` its entry point)."""
+    import multiprocessing
     import runpy
 
+    # A fresh `python` has not chosen a start method yet (fork on Linux before Python 3.14); this
+    # process inherited "forkserver" from the server, and DataLoader workers started through a
+    # fork server unpickle their dataset in a new Python that imports everything again: ~12 s for
+    # each loader's workers, instead of ~0.1 s.
+    multiprocessing.set_start_method(None, force=True)
     os.chdir(cwd)
     os.environ.clear()
     os.environ.update(env)

@@ -297,7 +297,22 @@ def _run(command: str, repo: Path, tmp: Path, request):
     return result
 
 
-@pytest.mark.parametrize("command", list(COMMANDS), ids=[" ".join(c.split())[:110] for c in COMMANDS])
+def _param(command: str):
+    """One command; under pytest-xdist a command and those it builds on (`after`) run in one
+    worker, in one copy of the repository, and the main job where its other readers run."""
+    if command == MAIN_JOB:
+        group = "main_job"  # conftest.py's main_job fixture, read by test_train_eval.py too
+    elif COMMANDS[command].after:
+        group = f"readme:{COMMANDS[command].after[0]}"
+    elif any(command in expect.after for expect in COMMANDS.values()):
+        group = f"readme:{command}"
+    else:
+        group = None
+    return pytest.param(command, id=" ".join(command.split())[:110],
+                        marks=[pytest.mark.xdist_group(group)] if group else [])
+
+
+@pytest.mark.parametrize("command", [_param(command) for command in COMMANDS])
 def test_documented_command(command, repo, tmp_path_factory, request):
     expect = COMMANDS[command]
     result = _run(command, repo, tmp_path_factory.mktemp("command"), request)

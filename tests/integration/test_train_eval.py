@@ -53,9 +53,15 @@ def test_quickstart_run_directory(quickstart):
     assert (run_dir / ".hydra" / "config.yaml").exists()
     assert (run_dir / "checkpoints" / "best.ckpt").exists() and (run_dir / "checkpoints" / "last.ckpt").exists()
     assert (run_dir / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    for name in ("confusion_matrix.png", "misclassified.png"):
-        assert (run_dir / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+    assert (run_dir / "confusion_matrix.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     report = json.loads((run_dir / "eval_report.json").read_text())
+    # the grid of mistakes when there are any (a perfect test pass, e.g. with one torch thread, has none)
+    mistakes = sum(map(sum, report["confusion_matrix"])) - sum(row[i] for i, row in enumerate(report["confusion_matrix"]))
+    assert len(report["misclassified"]) == min(mistakes, 32)
+    if mistakes:
+        assert (run_dir / "misclassified.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    else:
+        assert not (run_dir / "misclassified.png").exists()
     s = summary(run_dir)
     assert report["accuracy"] == pytest.approx(s["metrics"]["test/acc"], abs=1e-6)
     assert sum(map(sum, report["confusion_matrix"])) == 359

@@ -1,0 +1,15 @@
+"""The fork server that runs the tests' CLI commands (helpers.run) must look like a fresh `python`."""
+
+from helpers import run
+
+
+def test_a_command_sees_what_a_fresh_python_sees(tmp_path):
+    probe = tmp_path / "probe.py"
+    probe.write_text("import multiprocessing, os, sys\n"
+                     "print(multiprocessing.get_start_method(), os.getcwd(), sys.argv, __name__)\n")
+    fresh = run(["python", str(probe), "a=1"], tmp_path=tmp_path, cwd=tmp_path, fresh=True)
+    forked = run(["python", str(probe), "a=1"], tmp_path=tmp_path, cwd=tmp_path)
+    assert fresh.returncode == forked.returncode == 0, (fresh.stderr, forked.stderr)
+    # a start method inherited from the server made every DataLoader start its workers through a
+    # new fork server, re-importing torch in each: ~12 s per loader
+    assert forked.stdout == fresh.stdout
