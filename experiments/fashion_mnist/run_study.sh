@@ -20,8 +20,10 @@ run b0.01_full data.train_fraction=0.01 trainer.max_epochs=15
 run b0.01_scratch data.train_fraction=0.01 trainer.max_epochs=15 model.weights=null optim.lr=3e-3
 run b0.1_full data.train_fraction=0.1 trainer.max_epochs=8
 run b0.1_scratch data.train_fraction=0.1 trainer.max_epochs=8 model.weights=null optim.lr=3e-3
-# all labels: the pretrained full fine-tune, well within an hour of training on 2 cores
-run b1.0_full data.train_fraction=1.0 trainer.max_epochs=4
+# 96 px: chosen on the validation split of the 10 % run (val 0.893 against 0.861 at 64 px)
+run b0.1_full_96px data.train_fraction=0.1 trainer.max_epochs=8 data.image_size=96
+# all labels: the pretrained full fine-tune at 96 px, within an hour of training on 2 cores
+run b1.0_full_96px data.train_fraction=1.0 trainer.max_epochs=3 data.image_size=96
 for budget in 0.01 0.1; do
     epochs=$([ "$budget" = 0.01 ] && echo 15 || echo 8)
     run "b${budget}_linear_probe" data.train_fraction=$budget trainer.max_epochs=$epochs finetune=linear_probe optim.lr=1e-2

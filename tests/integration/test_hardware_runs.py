@@ -88,9 +88,12 @@ def test_bench_whole_job_against_timms_pipeline(tmp_path):
     run_dir = tmp_path / "bench"
     result = run_cli("bench.py", "bench.mode=job", "data=imagefolder", f"data.root={root}", "model=tiny",
                      "data.image_size=16", "data.batch_size=16", "bench.job.pairs=1", "bench.job.epochs=1",
-                     "bench.job.workers=0", f"hydra.run.dir={run_dir}", tmp_path=tmp_path)
+                     "bench.job.workers=0", "hardware.channels_last=true", f"hydra.run.dir={run_dir}", tmp_path=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((run_dir / "bench_job.json").read_text())
+    # NHWC on both sides (timm's train.py --channels-last): the xtune run was given it too
+    assert report["job"]["channels_last"] is True
+    assert "channels_last: true" in (run_dir / "xtune_0" / "config.yaml").read_text()
     (pair,) = report["pairs"]
     assert pair["xtune_wall_s"] > 0 and pair["timm_wall_s"] > 0
     assert pair["xtune_train_images_per_s"] > 0 and pair["timm_train_images_per_s"] > 0
@@ -99,3 +102,4 @@ def test_bench_whole_job_against_timms_pipeline(tmp_path):
     assert report["input_pipeline_images_per_s"]["xtune"] > 0 and report["input_pipeline_images_per_s"]["timm"] > 0
     assert report["xtune_over_timm_wall"] == pytest.approx(pair["xtune_wall_s"] / pair["timm_wall_s"], rel=1e-2)
     assert "timm pipeline, hand-written loop" in (run_dir / "bench_job.md").read_text()
+    assert ", NHWC, on " in (run_dir / "bench_job.md").read_text()

@@ -53,6 +53,8 @@ def job_settings(cfg: DictConfig) -> dict:
         "scale": list(augment.scale or (0.08, 1.0)),
         "ratio": list(augment.ratio or (3 / 4, 4 / 3)),
         "seed": int(cfg.seed),
+        # NHWC on both sides (timm's train.py --channels-last) when hardware.channels_last=true
+        "channels_last": (cfg.get("hardware") or {}).get("channels_last") in (True, "true", "True"),
     }
 
 
@@ -67,7 +69,7 @@ def xtune_command(job: dict, run_dir: Path) -> list[str]:
             f"optim.lr={job['lr']}", f"optim.weight_decay={job['weight_decay']}",
             f"scheduler.warmup_epochs={job['warmup_epochs']}", f"label_smoothing={job['label_smoothing']}",
             f"trainer.max_epochs={job['epochs']}", "data.test_fraction=0", "test=false", f"seed={job['seed']}",
-            f"hydra.run.dir={run_dir}"]
+            f"hardware.channels_last={str(job['channels_last']).lower()}", f"hydra.run.dir={run_dir}"]
 
 
 def baseline_command(job: dict, out: Path) -> list[str]:
@@ -124,7 +126,8 @@ def job_markdown(report: dict) -> str:
     pipes = report["input_pipeline_images_per_s"]
     lines = [
         f"Job: {job['model']} from scratch at {job['image_size']} px, batch {job['batch_size']}, {job['epochs']} epochs, "
-        f"{job['workers']} loader workers, on {job['root']}; medians of {len(report['pairs'])} interleaved pairs.",
+        f"{job['workers']} loader workers, {'NHWC' if job.get('channels_last') else 'NCHW'}, on {job['root']}; "
+        f"medians of {len(report['pairs'])} interleaved pairs.",
         "",
         "| | wall (median) | train images/s | val acc | input pipeline alone, images/s |",
         "|---|---:|---:|---:|---:|",
@@ -197,6 +200,8 @@ def timm_loop(job: dict) -> dict:
     train_loader, num_classes = _timm_loader(job, is_training=True)
     val_loader, _ = _timm_loader(job, is_training=False)
     model = timm.create_model(job["model"], pretrained=False, num_classes=num_classes)
+    memory_format = torch.channels_last if job.get("channels_last") else torch.contiguous_format
+    model = model.to(memory_format=memory_format)
     optimizer = create_optimizer_v2(model, opt="adamw", lr=job["lr"], weight_decay=job["weight_decay"])
     scheduler, _ = create_scheduler_v2(optimizer, sched="cosine", num_epochs=job["epochs"],
                                        warmup_epochs=job["warmup_epochs"], updates_per_epoch=len(train_loader),
@@ -207,7 +212,7 @@ def timm_loop(job: dict) -> dict:
         model.train()
         last = None
         for step, (images, targets) in enumerate(train_loader):
-            loss = criterion(model(images), targets)
+            loss = criterion(model(images.contiguous(memory_format=memory_format)), targets)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -222,7 +227,7 @@ def timm_loop(job: dict) -> dict:
         correct = total = 0
         with torch.no_grad():
             for images, targets in val_loader:
-                correct += int((model(images).argmax(1) == targets).sum())
+                correct += int((model(images.contiguous(memory_format=memory_format)).argmax(1) == targets).sum())
                 total += targets.shape[0]
         accuracy = correct / total
     return {"train_images_per_s": round(images_seen / train_seconds, 1) if train_seconds else None,
