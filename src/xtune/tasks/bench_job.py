@@ -31,6 +31,7 @@ from xtune.report import versions, write_json
 def job_settings(cfg: DictConfig) -> dict:
     """The one job both sides run, from the bench config (configs/bench.yaml: bench.job)."""
     from xtune.errors import XtuneConfigError
+    from xtune.hardware import wants_channels_last
 
     if not cfg.data.get("root") or not Path(str(cfg.data.root)).expanduser().is_dir():
         raise XtuneConfigError(f"bench.mode=job times a job on image files: data.root={cfg.data.get('root')} is not a "
@@ -53,8 +54,8 @@ def job_settings(cfg: DictConfig) -> dict:
         "scale": list(augment.scale or (0.08, 1.0)),
         "ratio": list(augment.ratio or (3 / 4, 4 / 3)),
         "seed": int(cfg.seed),
-        # NHWC on both sides (timm's train.py --channels-last) when hardware.channels_last=true
-        "channels_last": (cfg.get("hardware") or {}).get("channels_last") in (True, "true", "True"),
+        # NHWC on both sides (timm's train.py --channels-last) when the profile asks for it on a CPU
+        "channels_last": wants_channels_last(cfg, "cpu", backbone=None),
     }
 
 
