@@ -97,8 +97,10 @@ class _StandInFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
 
 @contextmanager
 def deferred(names):
-    """Within the block, importing one of `names` (not yet imported) gives a stand-in; after it, none is left behind."""
-    finder = _StandInFinder(name for name in names if name not in sys.modules)
+    """Within the block, importing one of `names` (installed, not yet imported) gives a stand-in;
+    after it, none is left behind. Names that are not installed stay so (their import fails)."""
+    finder = _StandInFinder(name for name in names if name not in sys.modules
+                            and importlib.util.find_spec(name.partition(".")[0]) is not None)
     sys.meta_path.insert(0, finder)
     try:
         yield

@@ -96,6 +96,9 @@ def test_bench_whole_job_against_timms_pipeline(tmp_path):
     assert "channels_last: true" in (run_dir / "xtune_0" / "config.yaml").read_text()
     (pair,) = report["pairs"]
     assert pair["xtune_wall_s"] > 0 and pair["timm_wall_s"] > 0
+    # CPU time of each side's process and its workers, measured apart from the wall time
+    assert 0 < pair["xtune_cpu_s"] and 0 < pair["timm_cpu_s"]
+    assert report["xtune_over_timm_cpu"] == pytest.approx(pair["xtune_cpu_s"] / pair["timm_cpu_s"], rel=1e-2)
     assert pair["xtune_train_images_per_s"] > 0 and pair["timm_train_images_per_s"] > 0
     assert 0 <= pair["xtune_val_acc"] <= 1 and 0 <= pair["timm_val_acc"] <= 1
     assert set(pair["xtune_phases_s"]) >= {"task", "checks", "data", "model", "trainer", "first_step", "last_step"}

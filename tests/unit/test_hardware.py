@@ -193,3 +193,45 @@ def test_xla_device_requests_that_cannot_run_are_refused_in_one_line(tmp_path, o
     with pytest.raises(XtuneConfigError) as raised:
         xla_profile.configure(cfg)
     assert str(raised.value).startswith(message) and "\n" not in str(raised.value)
+
+
+def test_fused_optimizer_where_the_device_and_the_optimizer_have_one(tmp_path):
+    from xtune.config.instantiate import build
+
+    def kwargs(kind, *overrides):
+        cfg = compose("train", list(overrides), output_dir=tmp_path)
+        return hardware.optimizer_kwargs(cfg, kind, build(cfg.optim, "optim"))
+
+    assert kwargs("cpu") == {"fused": True}  # the default: hardware.fused_optimizer=auto, AdamW
+    assert kwargs("cuda", "optim=sgd") == {"fused": True}
+    assert kwargs("tpu") == {} and kwargs("mps") == {}
+    assert kwargs("cpu", "hardware.fused_optimizer=false") == {}
+    assert kwargs("cpu", "+optim.foreach=true") == {}  # the user's own kernel choice wins
+    assert kwargs("cpu", "optim.opt=lamb") == {}  # timm's Lamb has no fused step
+    assert kwargs("cuda", "trainer.strategy=fsdp") == {}
+    with pytest.raises(XtuneConfigError, match="hardware.fused_optimizer=true but tpu has no fused optimizer kernels"):
+        kwargs("tpu", "hardware.fused_optimizer=true")
+    with pytest.raises(XtuneConfigError, match="optimizer lamb has no fused step"):
+        kwargs("cpu", "hardware.fused_optimizer=true", "optim.opt=lamb")
+    with pytest.raises(XtuneConfigError, match="hardware.fused_optimizer=yes is not one of auto, true, false"):
+        kwargs("cpu", "hardware.fused_optimizer=yes")
+
+
+def test_a_resumed_run_steps_with_its_own_optimizer_kernel():
+    """A checkpoint saved with fused steps (CPU, CUDA) loads where there are none (XLA)."""
+    from functools import partial
+
+    from timm.optim import create_optimizer_v2
+
+    from xtune.models.module import ClassificationModule
+
+    backbone = timm.create_model("test_resnet", num_classes=3)
+    saved = create_optimizer_v2(backbone, opt="adamw", lr=0.1, fused=True).state_dict()
+    assert saved["param_groups"][0]["fused"] is True
+    module = ClassificationModule(backbone, 3, partial(create_optimizer_v2, opt="adamw", lr=0.1))
+    checkpoint = {"optimizer_states": [saved]}
+    module.on_load_checkpoint(checkpoint)
+    assert {group["fused"] for group in checkpoint["optimizer_states"][0]["param_groups"]} == {None}
+    optimizer = module.configure_optimizers()
+    optimizer.load_state_dict(checkpoint["optimizer_states"][0])
+    assert optimizer.param_groups[0]["fused"] is None

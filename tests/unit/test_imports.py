@@ -47,3 +47,11 @@ def test_torchmetrics_optional_imports_wait_until_used():
     assert welch == "scipy.signal._spectral_py"
     assert from_pretrained == "_BaseAutoModelClass.from_pretrained"
     assert transformers == "_LazyModule"  # transformers' own module type: the real package
+
+
+def test_a_deferred_name_that_is_not_installed_still_fails_to_import():
+    from xtune.imports import deferred
+
+    with deferred(["xtune_no_such_package"]):
+        with pytest.raises(ModuleNotFoundError):
+            import xtune_no_such_package  # noqa: F401

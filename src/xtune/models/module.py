@@ -18,7 +18,8 @@ class ClassificationModule(pl.LightningModule):
     `optimizer(model, lr=...) -> Optimizer` and `scheduler(optimizer, num_epochs,
     updates_per_epoch)` are partials of timm's `create_optimizer_v2` / `create_scheduler_v2`
     (configs/optim, configs/scheduler); the scheduler is stepped per optimizer update.
-    `optimizer_kwargs` come from the fine-tuning strategy (param groups, layer decay); `mixup`
+    `optimizer_kwargs` come from the fine-tuning strategy (param groups, layer decay) and the
+    hardware profile (the fused optimizer kernel); `mixup`
     is a partial of timm's Mixup (soft targets, trained with soft-target cross-entropy);
     `preprocess` is the data's per-batch preprocessing (ImageDataModule.batch_preprocess).
     `self.lr` is the learning rate (Lightning's LR finder sets it). Logs train/*, val/*, test/*
@@ -148,6 +149,16 @@ class ClassificationModule(pl.LightningModule):
         if scheduler is None:  # sched: none
             return optimizer
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        # The optimizer's kernel (fused, foreach) is this run's device choice, not the saved one's:
+        # a run checkpointed with fused steps (CPU, CUDA) resumes on an XLA device, which has none.
+        chosen = {**getattr(self.optimizer_factory, "keywords", {}), **self.optimizer_kwargs}
+        for state in checkpoint.get("optimizer_states") or []:
+            for group in state.get("param_groups") or []:
+                for key in ("fused", "foreach"):
+                    if key in group:
+                        group[key] = chosen.get(key)
 
     def lr_scheduler_step(self, scheduler, metric) -> None:
         # timm schedulers are stepped with the number of updates done so far; Lightning's LR

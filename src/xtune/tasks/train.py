@@ -91,7 +91,8 @@ def run_training(cfg: DictConfig, extra_callbacks=()) -> dict:
     strategy = build(cfg.finetune, "finetune") if cfg.get("finetune") else Strategy()
     backbone = strategy.prepare(backbone)
     optimizer = build(cfg.optim, "optim")
-    optimizer_kwargs = strategy.optimizer_kwargs(backbone, float(cfg.optim.get("weight_decay") or 0.0))
+    optimizer_kwargs = {**hardware.optimizer_kwargs(cfg, kind, optimizer),  # the device's fused step
+                        **strategy.optimizer_kwargs(backbone, float(cfg.optim.get("weight_decay") or 0.0))}
     scheduler = build(cfg.scheduler, "scheduler") if cfg.get("scheduler") else None
     _probe_optimizer(optimizer, backbone, optimizer_kwargs)
     mixup = build(cfg.mixup, "mixup") if cfg.get("mixup") else None
