@@ -2,7 +2,8 @@
 
 Everything device-specific happens here: which device `accelerator` means on this machine,
 whether it is really there, which precision it runs, TF32 and cudnn switches, channels_last,
-the optimizer kernel, and the callbacks a device needs. Model and data code never ask which device they are on.
+the optimizer kernel, and the callbacks a device needs. Model and data code never ask which
+device they are on.
 """
 
 from __future__ import annotations
