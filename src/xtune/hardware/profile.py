@@ -182,8 +182,6 @@ def optimizer_kwargs(cfg: DictConfig, kind: str, factory) -> dict:
     true: the same, or one line saying why not; false: torch's default. An optim.fused or
     optim.foreach the user set wins.
     """
-    import inspect
-
     setting = (cfg.get("hardware") or {}).get("fused_optimizer", "auto")
     if setting in (False, "false", "False", None):
         return {}
@@ -200,21 +198,28 @@ def optimizer_kwargs(cfg: DictConfig, kind: str, factory) -> dict:
             optimizer_class = get_optimizer_class(str(keywords["opt"]), bind_defaults=False)
         except (ValueError, ImportError, AssertionError):
             optimizer_class = None
-    try:
-        has_kernel = "fused" in inspect.signature(optimizer_class).parameters
-    except (TypeError, ValueError):
-        has_kernel = False
-    sharded = "fsdp" in str(cfg.trainer.get("strategy") or "").lower()
-    why_not = (f"{kind} has no fused optimizer kernels" if kind not in FUSED_KINDS
-               else "FSDP shards the parameters" if sharded
-               else f"optimizer {keywords.get('opt', getattr(optimizer_class, '__name__', optimizer_class))} "
-                    "has no fused step" if not has_kernel else None)
+    why_not = _why_not_fused(cfg, kind, optimizer_class, keywords.get("opt"))
     if why_not is None:
         return {"fused": True}
     if setting != "auto":
         raise XtuneConfigError(f"hardware.fused_optimizer=true but {why_not}; use hardware.fused_optimizer=auto "
                                "(fused where it exists) or false")
     return {}
+
+
+def _why_not_fused(cfg: DictConfig, kind: str, optimizer_class, name) -> str | None:
+    import inspect
+
+    if kind not in FUSED_KINDS:
+        return f"{kind} has no fused optimizer kernels"
+    if "fsdp" in str(cfg.trainer.get("strategy") or "").lower():
+        return "FSDP shards the parameters"
+    try:
+        if "fused" in inspect.signature(optimizer_class).parameters:
+            return None
+    except (TypeError, ValueError):
+        pass
+    return f"optimizer {name or getattr(optimizer_class, '__name__', optimizer_class)} has no fused step"
 
 
 def callbacks(cfg: DictConfig, kind: str) -> list:

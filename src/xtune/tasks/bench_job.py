@@ -57,8 +57,8 @@ def job_settings(cfg: DictConfig) -> dict:
         "seed": int(cfg.seed),
         # NHWC on both sides (timm's train.py --channels-last) when the profile asks for it on a CPU
         "channels_last": wants_channels_last(cfg, "cpu", backbone=None),
-        # timm's train.py --opt-kwargs (e.g. {fused: true}); its default, none, is what it runs
-        "timm_opt_kwargs": OmegaConf.to_container(job.get("timm_opt_kwargs") or OmegaConf.create({})),
+        # timm's train.py --opt-kwargs (+bench.job.timm_opt_kwargs.fused=true); by default none, as it runs
+        "timm_opt_kwargs": OmegaConf.to_container(job.timm_opt_kwargs) if job.get("timm_opt_kwargs") else {},
     }
 
 
