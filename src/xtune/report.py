@@ -68,7 +68,8 @@ def plot_curves(history: list[dict], path: Path) -> Path | None:
         axis.legend()
     axes[0].set_title("loss")
     axes[1].set_title("top-1 accuracy")
-    figure.tight_layout()
+    # fixed margins: tight_layout would draw the figure once more to measure its labels (~0.15 s)
+    figure.subplots_adjust(left=0.07, right=0.98, bottom=0.12, top=0.92, wspace=0.22)
     with atomic_path(path) as tmp:
         figure.savefig(tmp, dpi=100, format="png")
     plt.close(figure)
