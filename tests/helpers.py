@@ -94,9 +94,41 @@ def _server():
     return _SERVER["context"]
 
 
-def run(argv: list[str], *, tmp_path: Path, env: dict | None = None, cwd: Path = ROOT, timeout: int = 600,
-        fresh: bool = False) -> subprocess.CompletedProcess:
-    """Run a command line (`python train.py ...`, `xtune-eval ...`) from `cwd`, as a user would.
+class Started:
+    """A command started through the fork server, with the part of subprocess.Popen's interface
+    the tests use (pid, send_signal, poll, communicate, returncode)."""
+
+    def __init__(self, process, argv: list[str], out: Path, err: Path):
+        self.process, self.args, self._out, self._err = process, argv, out, err
+        self.pid = process.pid
+
+    def send_signal(self, sig: int) -> None:
+        os.kill(self.pid, sig)
+
+    def poll(self) -> int | None:
+        return self.process.exitcode
+
+    @property
+    def returncode(self) -> int | None:
+        return self.process.exitcode
+
+    def communicate(self, timeout: float | None = None) -> tuple[str, str]:
+        self.process.join(timeout)
+        if self.process.exitcode is None:
+            raise subprocess.TimeoutExpired(self.args, timeout)
+        output = self._out.read_text(), self._err.read_text()
+        self._out.unlink()
+        self._err.unlink()
+        return output
+
+    def kill(self) -> None:
+        self.process.kill()
+        self.process.join()
+
+
+def start(argv: list[str], *, tmp_path: Path, env: dict | None = None, cwd: Path = ROOT,
+          fresh: bool = False) -> "Started | subprocess.Popen":
+    """Start a command line (`python train.py ...`, `xtune-eval ...`) from `cwd`, as a user would.
 
     By default through the fork server (same argv, working directory and environment; the
     modules are imported already); `fresh=True`, or an environment that changes what those
@@ -107,22 +139,27 @@ def run(argv: list[str], *, tmp_path: Path, env: dict | None = None, cwd: Path =
     context = _server()
     if fresh or any(env.get(k) != v for k, v in _SERVER["env"].items()):
         command = argv if argv[0] == sys.executable else [str(Path(sys.executable).parent / argv[0]), *argv[1:]]
-        return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+        return subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     import uuid
 
     name = uuid.uuid4().hex[:8]
     out, err = tmp_path / f".stdout-{name}", tmp_path / f".stderr-{name}"
     process = context.Process(target=_run_in_child, args=(argv, str(cwd), env, str(out), str(err)))
     process.start()
-    process.join(timeout)
-    if process.exitcode is None:
+    return Started(process, argv, out, err)
+
+
+def run(argv: list[str], *, tmp_path: Path, env: dict | None = None, cwd: Path = ROOT, timeout: int = 600,
+        fresh: bool = False) -> subprocess.CompletedProcess:
+    """Run a command line to its end (see `start`)."""
+    process = start(argv, tmp_path=tmp_path, env=env, cwd=cwd, fresh=fresh)
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
         process.kill()
-        process.join()
-        raise subprocess.TimeoutExpired(argv, timeout)
-    result = subprocess.CompletedProcess(argv, process.exitcode, out.read_text(), err.read_text())
-    out.unlink()
-    err.unlink()
-    return result
+        process.communicate()
+        raise
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
 
 
 def run_cli(script: str, *overrides: str, tmp_path: Path, env: dict | None = None, timeout: int = 600,

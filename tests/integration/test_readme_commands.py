@@ -27,8 +27,8 @@ pytestmark = pytest.mark.slow
 SIZE_KNOBS = {"trainer.max_epochs", "trainer.max_steps", "trainer.limit_train_batches", "trainer.limit_val_batches",
               "trainer.limit_test_batches", "hydra.sweeper.n_trials", "bench.steps", "bench.warmup_steps",
               "bench.repeats", "bench.startup", "xla_check.epochs", "xla_check.train_batches"}
-SHORT = ("trainer.max_epochs=2", "trainer.limit_train_batches=4", "trainer.limit_val_batches=2",
-         "trainer.limit_test_batches=2")
+SHORT = ("trainer.max_epochs=2", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
+         "trainer.limit_test_batches=1")
 TESTED_WHOLE = SHORT[:3]  # a run whose test metric eval.py must repeat: all of its test split
 NO_GPU = "but no CUDA GPU is visible"
 NO_XLA = "needs torch_xla"

@@ -2,14 +2,13 @@
 
 import os
 import signal
-import subprocess
-import sys
 import time
 
 import pytest
 import torch
 
-from helpers import REFERENCE, ROOT, offline_env, run_cli, summary
+import helpers
+from helpers import REFERENCE, ROOT, run_cli, summary
 
 pytestmark = pytest.mark.slow
 
@@ -17,8 +16,8 @@ COMMON = REFERENCE
 
 
 def start(tmp_path, *overrides):
-    return subprocess.Popen([sys.executable, str(ROOT / "train.py"), *COMMON, *overrides], cwd=ROOT,
-                            env=offline_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    """`python train.py ...` started (through the fork server: a real process, signals and all)."""
+    return helpers.start(["python", str(ROOT / "train.py"), *COMMON, *overrides], tmp_path=tmp_path)
 
 
 def wait_for(path, timeout=240):

@@ -2,14 +2,13 @@
 
 import csv
 import signal
-import subprocess
 import sys
 import time
 
 import pytest
 import yaml
 
-from helpers import ROOT, offline_env, run, summary
+from helpers import ROOT, offline_env, run, start, summary
 
 pytestmark = pytest.mark.slow
 
@@ -60,14 +59,13 @@ def test_an_interrupted_optuna_search_continues_to_n_trials(tmp_path):
     logs = tmp_path / "logs"
     sweep = logs / "train" / "optuna" / "test_resnet_full"  # the default study name: <model.name>_<finetune>
     env = offline_env(tmp_path)
-    process = subprocess.Popen(optuna(tmp_path, logs, "hydra.sweeper.n_trials=3"), cwd=ROOT, env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = start(optuna(tmp_path, logs, "hydra.sweeper.n_trials=3"), cwd=ROOT, env=env, tmp_path=tmp_path)
     deadline = time.time() + 600
     while not (sweep / "1" / ".hydra").exists():  # trial 1 has started
         assert time.time() < deadline and process.poll() is None, "the search never reached trial 1"
         time.sleep(0.2)
     process.send_signal(signal.SIGKILL)
-    process.wait(timeout=60)
+    process.communicate(timeout=60)
     assert (sweep / "optuna.db").exists() and not (sweep / "optimization_results.yaml").exists()
 
     result = run(optuna(tmp_path, logs, "hydra.sweeper.n_trials=3"), cwd=ROOT, env=env, tmp_path=tmp_path)
