@@ -24,7 +24,7 @@
 #                                      OOM kills; works on this cgroup-v1 VM); 0 = linuxproc, no limits
 #   SLURM_LINK_ETC=1                   symlink /etc/slurm/slurm.conf -> our config
 #   SLURMCTLD_PORT=6817 SLURMD_PORT=6818 SLURMDBD_PORT=6819
-#   SLURM_CRED_EXPIRE=10               seconds; a requeued job waits this (+1) before it may restart
+#   SLURM_CRED_EXPIRE=5                seconds; a requeued job waits this (+1) before it may restart
 #   SLURM_START_TIMEOUT=90             seconds to wait for each daemon / the node
 set -euo pipefail
 
@@ -35,7 +35,7 @@ CGROUPS=${SLURM_CGROUPS:-0}
 CTLD_PORT=${SLURMCTLD_PORT:-6817}
 SLURMD_PORT=${SLURMD_PORT:-6818}
 DBD_PORT=${SLURMDBD_PORT:-6819}
-CRED_EXPIRE=${SLURM_CRED_EXPIRE:-10}
+CRED_EXPIRE=${SLURM_CRED_EXPIRE:-5}
 TIMEOUT=${SLURM_START_TIMEOUT:-90}
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 T0=$(date +%s%N)
