@@ -269,8 +269,9 @@ def plot_confusion(counts: torch.Tensor, classes: list[str], path: Path, annotat
     axis.set_title(title if accuracy is None else f"{title}, accuracy {accuracy:.2%}")
     # margins from the labels' length (tight_layout would measure them by drawing the figure
     # once more: ~40 % of this function's time at the end of every test pass)
-    margin = (0.45 + labels_in) / side
-    figure.subplots_adjust(left=margin * side / (side + 1.5), bottom=margin, right=0.97, top=1 - 0.45 / side)
+    margin_in = 0.45 + labels_in  # axis label + tick labels, in inches; the figure is side + 1.5 wide
+    width = side + 1.5  # the colorbar's ticks and label need ~0.9 in on the right
+    figure.subplots_adjust(left=margin_in / width, bottom=margin_in / side, right=1 - 0.9 / width, top=1 - 0.45 / side)
     with atomic_path(path) as tmp:
         figure.savefig(tmp, dpi=100, format="png")
     plt.close(figure)
