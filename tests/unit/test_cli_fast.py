@@ -18,19 +18,22 @@ PROBE = (
 )
 
 
-@pytest.mark.parametrize("script,args", [
-    ("train.py", ["--help"]),
-    ("train.py", ["--cfg", "job"]),
-    ("train.py", ["experiment=quickstart", "--cfg", "job"]),
-    ("eval.py", ["--help"]),
-    ("eval.py", ["ckpt_path=x.ckpt", "--cfg", "job"]),
-    ("train.py", ["model=vit", "--help"]),
+@pytest.mark.parametrize("script,args,code", [
+    ("train.py", ["--help"], 0),
+    ("train.py", ["--cfg", "job"], 0),
+    ("train.py", ["experiment=quickstart", "--cfg", "job"], 0),
+    ("eval.py", ["--help"], 0),
+    ("eval.py", ["ckpt_path=x.ckpt", "--cfg", "job"], 0),
+    ("train.py", ["model=vit", "--help"], 0),
+    # refused by validation, which reads the data source's signature (xtune.data.sources): it
+    # once imported Lightning through xtune.data, before import_framework could import it fast
+    ("train.py", ["data=imagefolder", "trainer.max_epochs=1"], 2),
 ])
-def test_no_heavy_imports(script, args, env):
-    code = PROBE.format(script=str(ROOT / script), args=args)
-    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
+def test_no_heavy_imports(script, args, code, env, tmp_path):
+    probe = PROBE.format(script=str(ROOT / script), args=[*args, f"paths.log_dir={tmp_path}"] if code else args)
+    result = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, env=env, capture_output=True,
                             text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == code, result.stderr
     assert "HEAVY []" in result.stdout
 
 

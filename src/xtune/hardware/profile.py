@@ -271,9 +271,10 @@ class DistributedScope:
         return self
 
     def __exit__(self, *exc) -> None:
-        import torch.distributed as dist
-
-        if dist.is_available() and dist.is_initialized():
+        # a run refused before torch was imported has no process group (and importing torch.distributed
+        # only to find that out would cost a config error ~2.5 s)
+        dist = sys.modules.get("torch.distributed")
+        if dist is not None and dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()
         for key in set(os.environ) - set(self.environment):
             del os.environ[key]
