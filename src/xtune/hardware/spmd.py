@@ -32,7 +32,7 @@ from lightning_utilities.core.apply_func import apply_to_collection
 from pytorch_lightning.strategies import SingleDeviceXLAStrategy
 
 from xtune.hardware import spmd_batchnorm
-from xtune.hardware.xla_profile import set_cpu_device_count
+from xtune.hardware.xla_profile import SPMD_NAMES, set_cpu_device_count
 
 #: name of the one mesh axis: the batch is split along it (and, with fsdp=True, the parameters)
 AXIS = "data"
@@ -63,8 +63,7 @@ def register_names() -> None:
     which Lightning itself calls "xla"). Idempotent; creates no XLA device."""
     from pytorch_lightning.strategies import StrategyRegistry, XLAStrategy
 
-    names = {"xla_spmd": (XLASPMDStrategy, {}), "xla_spmd_fsdp": (XLASPMDStrategy, {"fsdp": True}),
-             "xla_spawn": (XLAStrategy, {})}
+    names = {**{name: (XLASPMDStrategy, params) for name, params in SPMD_NAMES.items()}, "xla_spawn": (XLAStrategy, {})}
     for name, (strategy, params) in names.items():
         if name not in StrategyRegistry:
             StrategyRegistry.register(name, strategy, description=f"{strategy.__name__} {params or ''}".strip(),

@@ -11,8 +11,9 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
-#: strategy names that run SPMD (one process per host); register_names() makes them known to Lightning
-SPMD_NAMES = ("xla_spmd", "xla_spmd_fsdp")
+#: strategy names that run SPMD (one process per host) and the XLASPMDStrategy arguments each stands
+#: for; spmd.register_names() makes them known to Lightning
+SPMD_NAMES = {"xla_spmd": {}, "xla_spmd_fsdp": {"fsdp": True}}
 
 
 def is_spmd(strategy) -> bool:
