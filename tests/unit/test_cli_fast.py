@@ -28,6 +28,7 @@ PROBE = (
     # refused by validation, which reads the data source's signature (xtune.data.sources): it
     # once imported Lightning through xtune.data, before import_framework could import it fast
     ("train.py", ["data=imagefolder", "trainer.max_epochs=1"], 2),
+    ("bench.py", ["bench.mode=grid"], 2),
 ])
 def test_no_heavy_imports(script, args, code, env, tmp_path):
     probe = PROBE.format(script=str(ROOT / script), args=[*args, f"paths.log_dir={tmp_path}"] if code else args)

@@ -29,13 +29,9 @@ log = logging.getLogger("xtune")
 
 
 def bench(cfg: DictConfig) -> dict:
-    import torch
-
-    from xtune import hardware
-
     run_dir = Path(cfg.paths.output_dir)
     spec = cfg.bench
-    if spec.mode not in ("steps", "job"):
+    if spec.mode not in ("steps", "job"):  # a typo answers before torch is imported
         from xtune.errors import XtuneConfigError
 
         raise XtuneConfigError(f"bench.mode={spec.mode}: expected steps (the step-time grid) or job (one whole "
@@ -48,6 +44,9 @@ def bench(cfg: DictConfig) -> dict:
         (run_dir / "bench_job.md").write_text(job_markdown(report))
         print(job_markdown(report))
         return report
+    import torch
+
+    from xtune import hardware
     models = list(spec.models or [cfg.model.name])
     grid = list(itertools.product(models, spec.precisions, spec.batch_sizes, spec.channels_last, spec.compile))
     rows = []
