@@ -1,6 +1,6 @@
 """The fork server that runs the tests' CLI commands (helpers.run) must look like a fresh `python`."""
 
-from helpers import run
+from helpers import PRELOAD, run
 
 
 def test_a_command_sees_what_a_fresh_python_sees(tmp_path):
@@ -15,11 +15,14 @@ def test_a_command_sees_what_a_fresh_python_sees(tmp_path):
     assert forked.stdout == fresh.stdout
 
 
-def test_a_command_does_not_garbage_collect_the_servers_imports(tmp_path):
-    """A forked run freezes the heap it inherits (helpers._run_in_child): its full collections then
-    skip torch's, timm's and Lightning's objects (~0.7-1 s a run)."""
+def test_a_command_inherits_every_preloaded_module_frozen(tmp_path):
+    """Every PRELOAD module is imported (the server skips one it cannot import without a word), and
+    a forked run freezes the heap it inherits (helpers._run_in_child): its full collections then skip
+    torch's, timm's and Lightning's objects (~0.7-1 s a run)."""
     probe = tmp_path / "probe.py"
-    probe.write_text("import gc\nprint(gc.get_freeze_count())\n")
+    probe.write_text(f"import gc, sys\nprint(gc.get_freeze_count(), [m for m in {PRELOAD!r} if m not in sys.modules])\n")
     forked = run(["python", str(probe)], tmp_path=tmp_path, cwd=tmp_path)
     assert forked.returncode == 0, forked.stderr
-    assert int(forked.stdout) > 100_000
+    frozen, missing = forked.stdout.split(" ", 1)
+    assert int(frozen) > 100_000
+    assert missing.strip() == "[]"
