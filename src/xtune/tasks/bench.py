@@ -47,6 +47,7 @@ def bench(cfg: DictConfig) -> dict:
     import torch
 
     from xtune import hardware
+
     models = list(spec.models or [cfg.model.name])
     grid = list(itertools.product(models, spec.precisions, spec.batch_sizes, spec.channels_last, spec.compile))
     rows = []
