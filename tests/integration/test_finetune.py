@@ -8,7 +8,7 @@ import timm
 import torch
 from safetensors.torch import save_file
 
-from helpers import compose, run_cli, summary
+from helpers import compose, run, run_cli, summary
 from xtune.tasks.train import run_training
 
 pytestmark = pytest.mark.slow
@@ -170,15 +170,8 @@ def test_export_reloads_with_identical_predictions_via_cli(tmp_path, init_weight
         assert torch.equal(plain(images), ours(images))
     # a standalone export of the same checkpoint writes the same weights
     out = tmp_path / "again"
-    import subprocess
-    import sys
-
-    from helpers import ROOT, offline_env
-
-    result = subprocess.run([sys.executable, "-c", "from xtune.cli import export; export()",
-                             f"ckpt_path={s['best']['checkpoint']}", f"export_dir={out}",
-                             f"hydra.run.dir={tmp_path / 'export_run'}"], cwd=ROOT, env=offline_env(tmp_path),
-                            capture_output=True, text=True, timeout=300)
+    result = run(["xtune-export", f"ckpt_path={s['best']['checkpoint']}", f"export_dir={out}",
+                  f"hydra.run.dir={tmp_path / 'export_run'}"], tmp_path=tmp_path, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     from safetensors.torch import load_file
 
