@@ -35,7 +35,12 @@ def test_imagenet_weights_beat_random_init_by_a_clear_margin(tmp_path):
     """With 27 labelled images per class, the ImageNet start must be far ahead of a random one.
     Measured here (2 CPU cores): pretrained 0.520, scratch 0.148 (2026-12-02); 0.503 and 0.146 with
     the recipe's NHWC and the fused optimizer step (2026-12-03, and the same with one validation
-    pass; chance 0.100); the study's 1 % row (experiments/fashion_mnist) says the same at scale."""
+    pass; chance 0.100); the study's 1 % row (experiments/fashion_mnist) says the same at scale.
+    Four epochs on 270 images amplify the last bits that differ between CPUs' kernels as much as a
+    seed does: on an AMD EPYC (2026-12-04, one thread as in the suite) this seed gave 0.432 / 0.137,
+    and seeds 1-5 pretrained 0.533, 0.510, 0.492, 0.415, 0.509 against scratch 0.198, 0.145,
+    0.109, 0.149, 0.138. The bars sit 2-2.5 standard deviations under those means (pretrained 0.48,
+    gap 0.34); weights that failed to load score like scratch and fail both."""
     results = {}
     for init, overrides in (("pretrained", []), ("scratch", ["model.weights=null"])):
         cfg = compose("train", [*SMALL, *overrides], output_dir=tmp_path / init)
@@ -43,5 +48,5 @@ def test_imagenet_weights_beat_random_init_by_a_clear_margin(tmp_path):
         assert summary["status"] == "completed" and summary["data"]["sizes"]["train"] == 270
         results[init] = summary["metrics"]["test/acc"]
         assert summary["model"]["weights"].startswith("none") == (init == "scratch")
-    assert results["pretrained"] >= 0.45, results
-    assert results["pretrained"] - results["scratch"] >= 0.25, results
+    assert results["pretrained"] >= 0.38, results
+    assert results["pretrained"] - results["scratch"] >= 0.22, results

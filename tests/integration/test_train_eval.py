@@ -111,7 +111,7 @@ def test_eval_of_another_folder_uses_every_image(quickstart, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     s = summary(eval_dir)
     assert s["data"]["sizes"] == {"test": 120} and s["evaluation"]["num_samples"] == 120
-    assert s["metrics"]["test/acc"] >= 0.8  # scans of digits it has seen the like of
+    assert s["metrics"]["test/acc"] >= 0.9  # scans of digits it has seen the like of (1.0 measured)
 
 
 def test_eval_reproduces_the_test_metric(quickstart, tmp_path):
