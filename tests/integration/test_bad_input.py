@@ -53,17 +53,22 @@ def test_bad_data_root(tmp_path, case, fragments):
     assert not run_dir.exists()  # nothing half-written
 
 
-@pytest.mark.parametrize("workers", [0, 1])
-def test_corrupt_image_is_named(tmp_path, workers):
+@pytest.mark.parametrize("workers,logger", [(0, "csv"), (1, "csv"), (0, "wandb")])
+def test_corrupt_image_is_named(tmp_path, workers, logger):
     """A file whose header reads but whose pixels are cut off passes the check before training;
-    decoding it names it, also from a DataLoader worker."""
+    decoding it names it, also from a DataLoader worker. With W&B running (offline), its teardown
+    comes before the error: the error is still the last line on the screen (a fresh Python: the
+    fork server's children end with os._exit, which skips the atexit teardown W&B would print)."""
     root = write_image_folder(tmp_path / "imgs", per_class=6, size=64)
     bad = root / "green" / "003.png"
     bad.write_bytes(bad.read_bytes()[:300])
-    result = run_cli("train.py", *QUICK, "data=imagefolder", f"data.root={root}", "data.val_fraction=0",
+    env = offline_env(tmp_path, WANDB_MODE="offline")
+    quick = [f"logger={logger}" if arg.startswith("logger=") else arg for arg in QUICK]
+    result = run_cli("train.py", *quick, "data=imagefolder", f"data.root={root}", "data.val_fraction=0",
                      "data.test_fraction=0.2", f"data.num_workers={workers}", "data.image_size=32",
-                     f"hydra.run.dir={tmp_path / 'run'}", tmp_path=tmp_path)
+                     f"hydra.run.dir={tmp_path / 'run'}", tmp_path=tmp_path, env=env, fresh=logger == "wandb")
     assert_one_line_error(result, f"cannot read image {bad}", "replace or delete the file")
+    assert bool(list(tmp_path.rglob("offline-run-*"))) == (logger == "wandb")  # W&B ran, and only then
 
 
 def test_unknown_model_name(tmp_path):
@@ -156,6 +161,10 @@ def test_a_finished_run_of_another_model_is_never_overwritten(tmp_path):
     (["optim.lrr=1"], ["optim.lrr: optim has no key 'lrr'", "did you mean optim.lr?"]),
     (["model=resnt"], ["model=resnt: there is no such model config", "did you mean resnet?"]),
     (["model=["], ["cannot read the command line"]),
+    # one knob for layer decay: typed as a key, or added with +, where timm would drop it in silence
+    (["optim.layer_decay=0.7"], ["optim.layer_decay is not a key any more: use finetune=layer_decay finetune.decay="]),
+    (["finetune=full", "finetune.backbone_lr_scale=0.1", "+optim.layer_decay=0.7"],
+     ["optim.layer_decay is not a key any more: use finetune=layer_decay finetune.decay="]),
     (["hydra.run.dir=/proc/xtune"], ["cannot write the run directory /proc/xtune", "paths.log_dir="]),
     (["-m", "hydra/launcher=slurm", "seed=1,2"], ["needs SLURM, but this machine has no sbatch"]),
     (["-m", "hydra/launcher=ray_tpu", "seed=1,2"], ["RAY_ADDRESS is not set"]),

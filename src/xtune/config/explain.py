@@ -11,14 +11,12 @@ import difflib
 import errno
 import re
 
+from xtune.config.validate import MOVED
+
 
 def _close(word: str, choices, prefix: str = "") -> str:
     close = difflib.get_close_matches(word, list(choices), n=3, cutoff=0.5)
     return f"did you mean {' or '.join(prefix + c for c in close)}? " if close else ""
-
-
-#: keys that moved, and what to type instead (one name per knob)
-MOVED = {"optim.layer_decay": "finetune=layer_decay finetune.decay=<value> (layer decay is a fine-tuning strategy)"}
 
 
 def _node_keys(config_dir: str, config_name: str, args: list[str], full_key: str) -> list[str]:

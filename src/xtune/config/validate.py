@@ -20,6 +20,15 @@ from xtune.hardware.profile import PRECISIONS as BY_DEVICE  # noqa: E402 - torch
 PRECISIONS = {"auto", "64", "32", *(p for device in BY_DEVICE.values() for p in device)}
 
 
+#: keys that moved, and what to type instead (one name per knob): refused whether Hydra meets them
+#: (`key=...`: explain.py) or a `+key=...` adds them, which timm would otherwise ignore in silence
+#: (with a param_group_fn, as finetune=full with a backbone_lr_scale passes, it drops layer_decay)
+MOVED = {
+    "optim.layer_decay": "finetune=layer_decay finetune.decay=<value> (layer decay is a fine-tuning strategy)",
+    "optim.layer_decay_min_scale": "finetune=layer_decay finetune.min_scale=<value>",
+}
+
+
 def _get(cfg: DictConfig, key: str):
     return OmegaConf.select(cfg, key, default=None, throw_on_missing=False)
 
@@ -134,6 +143,9 @@ def _checkpoint(cfg: DictConfig, required: bool) -> None:
 
 def validate_train(cfg: DictConfig) -> None:
     _common(cfg)
+    for key, instead in MOVED.items():
+        if OmegaConf.select(cfg, key, default="<absent>") != "<absent>":
+            raise XtuneConfigError(f"{key} is not a key any more: use {instead}")
     _number(cfg, "optim.lr", low=0, low_open=True)
     _number(cfg, "optim.weight_decay", low=0, optional=True)
     _number(cfg, "optim.momentum", low=0, high=1, high_open=True, optional=True)
