@@ -65,6 +65,9 @@ def _run_in_child(argv: list[str], cwd: str, env: dict, out: str, err: str) -> N
     os.chdir(cwd)
     os.environ.clear()
     os.environ.update(env)
+    # what a new interpreter puts first on sys.path: the script's folder (for `python x.py`), then PYTHONPATH
+    script = [os.path.dirname(os.path.abspath(argv[1]))] if argv[0] in ("python", "python3", sys.executable) else []
+    sys.path[:0] = script + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
     for fd, path in ((1, out), (2, err)):
         os.dup2(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644), fd)
     code = 0

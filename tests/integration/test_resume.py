@@ -75,6 +75,38 @@ def test_a_signal_mid_epoch_then_the_same_command_continues_exactly(tmp_path, re
     assert sorted(int(r["epoch"]) for r in rows) == [0, 1, 2]  # no epoch logged twice
 
 
+SIGNAL_ONCE = """
+import os, signal
+import pytorch_lightning as pl
+
+class SignalOnce(pl.Callback):
+    \"\"\"SIGTERM to this process after validation batch 1 of epoch 1, in the first run only.\"\"\"
+    def __init__(self, marker):
+        self.marker = marker
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+        if trainer.current_epoch == 1 and batch_idx == 1 and not os.path.exists(self.marker):
+            open(self.marker, "w").close()
+            os.kill(os.getpid(), signal.SIGTERM)
+"""
+
+
+def test_a_signal_between_validation_batches_then_the_same_command_continues_exactly(tmp_path, reference):
+    """A stop inside the epoch's validation (its training done): Lightning alone resumed such a
+    checkpoint as saved after the validation, skipped it, and the epoch ended without val/acc."""
+    (tmp_path / "signal_once.py").write_text(SIGNAL_ONCE)
+    env = helpers.offline_env(tmp_path, PYTHONPATH=tmp_path)
+    args = [f"paths.log_dir={tmp_path}", "run_name=in_validation", "+callbacks.signal._target_=signal_once.SignalOnce",
+            f"+callbacks.signal.marker={tmp_path / 'signalled'}"]
+    run_dir = tmp_path / "train" / "runs" / "in_validation"
+    interrupted = run_cli("train.py", *COMMON, *args, tmp_path=tmp_path, env=env)
+    assert interrupted.returncode == 143, interrupted.stderr[-2000:]
+    assert summary(run_dir)["global_step"] == 2 * 73  # epoch 1 trained, its validation not finished
+
+    result = run_cli("train.py", *COMMON, *args, tmp_path=tmp_path, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert_same_run(run_dir, reference)
+
+
 def test_sigkill_at_any_moment_leaves_a_resumable_run(tmp_path, reference):
     """No chance to save: the run continues from its last end-of-epoch checkpoint, which a kill
     during its write cannot have broken (written to a temporary file, then renamed)."""

@@ -6,7 +6,8 @@
   and Ctrl-C make Lightning stop after the current batch, as it already does for SIGTERM; the
   callback then saves `checkpoints/last.ckpt` and, for SLURM's signals, hands the signal to
   whoever handled it before (submitit requeues the job; under a plain sbatch job it requeues
-  itself with scontrol). A second Ctrl-C stops at once, keeping the last checkpoint.
+  itself with scontrol). A second Ctrl-C stops at once, keeping the last checkpoint. A stop
+  during the epoch's validation resumes by running that validation again.
 - `ResumeMidEpoch`: a checkpoint taken mid-epoch records how many batches of the epoch were
   done; on resume the epoch-seeded sampler skips exactly those, so the run continues with the
   batches it would have seen.
@@ -39,6 +40,7 @@ class GracefulStop(pl.Callback):
         self.checkpoint_dir = Path(checkpoint_dir)
         self.received: int | None = None
         self.saved: Path | None = None  # the checkpoint written on an interruption
+        self._mid_validation = False
         self._previous: dict = {}
         self._trainer = None
 
@@ -66,10 +68,23 @@ class GracefulStop(pl.Callback):
             # save a state that no uninterrupted run would have had
             return
         path = self.checkpoint_dir / "last.ckpt"
+        # Stopped between two validation batches: the epoch's training is done, its validation not.
+        self._mid_validation = trainer.validating and not trainer.sanity_checking
         trainer.save_checkpoint(path)
         self.saved = path
         log.warning("interrupted at epoch %d, step %d: saved %s", trainer.current_epoch, trainer.global_step, path)
         self._requeue()
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        if not self._mid_validation:
+            return
+        # Lightning reads a checkpoint whose validation progress counts only whole batches as one
+        # saved after the validation, and skips it on resume: the epoch would end without val/acc
+        # (EarlyStopping fails) and without its checkpoint. A validation batch started and not
+        # finished is how Lightning marks a stop inside the validation, which it runs again from
+        # its first batch on resume, as the uninterrupted run did.
+        total = checkpoint["loops"]["fit_loop"]["epoch_loop.val_loop.batch_progress"]["total"]
+        total["processed"] = total["completed"] = total["started"] - 1
 
     def _requeue(self) -> None:
         if self.received not in self.REQUEUE:
