@@ -28,8 +28,10 @@ def wait_for(path, timeout=240):
 
 
 def weights(run_dir):
+    """The model's weights, and with EMA the live ones beside the averaged."""
     checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
-    return checkpoint["state_dict"]
+    return {f"{key}.{name}": value for key in ("state_dict", "current_model_state")
+            for name, value in checkpoint.get(key, {}).items()}
 
 
 @pytest.fixture
@@ -90,13 +92,20 @@ class SignalOnce(pl.Callback):
 """
 
 
-def test_a_signal_between_validation_batches_then_the_same_command_continues_exactly(tmp_path, reference):
+@pytest.mark.parametrize("callbacks", ["default", "default,ema"])
+def test_a_signal_between_validation_batches_then_the_same_command_continues_exactly(tmp_path, reference, callbacks):
     """A stop inside the epoch's validation (its training done): Lightning alone resumed such a
-    checkpoint as saved after the validation, skipped it, and the epoch ended without val/acc."""
+    checkpoint as saved after the validation, skipped it, and the epoch ended without val/acc.
+    With EMA the validation runs on the averaged weights: the live ones must be the ones saved."""
+    callbacks = [f"callbacks=[{callbacks}]"]
+    if "ema" in callbacks[0]:  # its own uninterrupted run
+        result = run_cli("train.py", *COMMON, *callbacks, f"paths.log_dir={tmp_path}", "run_name=ref", tmp_path=tmp_path)
+        assert result.returncode == 0, result.stderr[-3000:]
+        reference = tmp_path / "train" / "runs" / "ref"
     (tmp_path / "signal_once.py").write_text(SIGNAL_ONCE)
     env = helpers.offline_env(tmp_path, PYTHONPATH=tmp_path)
-    args = [f"paths.log_dir={tmp_path}", "run_name=in_validation", "+callbacks.signal._target_=signal_once.SignalOnce",
-            f"+callbacks.signal.marker={tmp_path / 'signalled'}"]
+    args = [*callbacks, f"paths.log_dir={tmp_path}", "run_name=in_validation",
+            "+callbacks.signal._target_=signal_once.SignalOnce", f"+callbacks.signal.marker={tmp_path / 'signalled'}"]
     run_dir = tmp_path / "train" / "runs" / "in_validation"
     interrupted = run_cli("train.py", *COMMON, *args, tmp_path=tmp_path, env=env)
     assert interrupted.returncode == 143, interrupted.stderr[-2000:]

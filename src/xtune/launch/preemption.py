@@ -23,6 +23,7 @@ import warnings
 from pathlib import Path
 
 import pytorch_lightning as pl
+from pytorch_lightning.callbacks import WeightAveraging
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from xtune.config.resolvers import in_submitit
@@ -70,6 +71,10 @@ class GracefulStop(pl.Callback):
         path = self.checkpoint_dir / "last.ckpt"
         # Stopped between two validation batches: the epoch's training is done, its validation not.
         self._mid_validation = trainer.validating and not trainer.sanity_checking
+        if self._mid_validation:
+            for callback in trainer.callbacks:
+                if isinstance(callback, WeightAveraging):  # EMA: the live weights back in the model
+                    callback.on_validation_epoch_end(trainer, pl_module)
         trainer.save_checkpoint(path)
         self.saved = path
         log.warning("interrupted at epoch %d, step %d: saved %s", trainer.current_epoch, trainer.global_step, path)
