@@ -36,6 +36,7 @@ class RunStats(pl.Callback):
         self.first_step_at: float | None = None  # wall clock (time.time) of the first training step
         self.last_step_at: float | None = None
         self.memory: dict = {}
+        self.fit_metrics: dict = {}  # the scalar metrics at the last checkpoint of the fit
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if self.first_step_at is None:
@@ -107,8 +108,13 @@ class RunStats(pl.Callback):
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
         if trainer.state.fn == "fit" and not trainer.sanity_checking:
             self._record(trainer, trainer.current_epoch)
+            # what run_training reports as the fit's metrics when a resumed run finds its fit done
+            # (stopped while testing) and Lightning logs nothing
+            self.fit_metrics = {key: float(value) for key, value in trainer.callback_metrics.items()
+                                if value.numel() == 1}
         checkpoint["xtune_run_stats"] = {
-            "history": self.history, "best_epoch": self.best_epoch, "best_score": self.best_score
+            "history": self.history, "best_epoch": self.best_epoch, "best_score": self.best_score,
+            "fit_metrics": self.fit_metrics,
         }
 
     def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
@@ -117,6 +123,7 @@ class RunStats(pl.Callback):
         if state and trainer.state.fn == "fit":
             self.history = list(state["history"])
             self.best_epoch, self.best_score = state["best_epoch"], state["best_score"]
+            self.fit_metrics = dict(state.get("fit_metrics", {}))
 
 
 class FiniteLoss(pl.Callback):

@@ -39,15 +39,14 @@ def reference(reference_run):
     return reference_run
 
 
-def assert_same_run(run_dir, reference):
+def assert_same_run(run_dir, reference, epochs=3):
     ours, theirs = summary(run_dir), summary(reference)
     assert ours["status"] == "completed"
-    for key in ("test/acc", "test/loss", "val/acc_best", "val/acc", "train/loss", "train/acc"):
-        assert ours["metrics"][key] == theirs["metrics"][key], key
-    assert ours["global_step"] == theirs["global_step"] == 3 * 73
+    assert ours["metrics"] == theirs["metrics"]  # test/*, val/*, train/*, the learning rates
+    assert ours["global_step"] == theirs["global_step"] == epochs * 73
     a, b = weights(run_dir), weights(reference)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert [r["epoch"] for r in ours["history"]] == [0, 1, 2]
+    assert ours["history"] == theirs["history"] and len(ours["history"]) == epochs
 
 
 def test_a_signal_mid_epoch_then_the_same_command_continues_exactly(tmp_path, reference):
@@ -82,38 +81,55 @@ import os, signal
 import pytorch_lightning as pl
 
 class SignalOnce(pl.Callback):
-    \"\"\"SIGTERM to this process after validation batch 1 of epoch 1, in the first run only.\"\"\"
-    def __init__(self, marker):
-        self.marker = marker
-    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
-        if trainer.current_epoch == 1 and batch_idx == 1 and not os.path.exists(self.marker):
+    \"\"\"SIGTERM to this process after batch 1 of epoch 1's validation or of the test, in the
+    first run only.\"\"\"
+    def __init__(self, marker, stage):
+        self.marker, self.stage = marker, stage
+    def _signal(self, batch_idx):
+        if batch_idx == 1 and not os.path.exists(self.marker):
             open(self.marker, "w").close()
             os.kill(os.getpid(), signal.SIGTERM)
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+        if self.stage == "validation" and trainer.current_epoch == 1:
+            self._signal(batch_idx)
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+        if self.stage == "test":
+            self._signal(batch_idx)
 """
 
+STOPS_AFTER_EPOCH_1 = "callbacks.early_stopping.patience=1 callbacks.early_stopping.min_delta=0.5"
 
-@pytest.mark.parametrize("callbacks", ["default", "default,ema"])
-def test_a_signal_between_validation_batches_then_the_same_command_continues_exactly(tmp_path, reference, callbacks):
-    """A stop inside the epoch's validation (its training done): Lightning alone resumed such a
-    checkpoint as saved after the validation, skipped it, and the epoch ended without val/acc.
-    With EMA the validation runs on the averaged weights: the live ones must be the ones saved."""
-    callbacks = [f"callbacks=[{callbacks}]"]
-    if "ema" in callbacks[0]:  # its own uninterrupted run
-        result = run_cli("train.py", *COMMON, *callbacks, f"paths.log_dir={tmp_path}", "run_name=ref", tmp_path=tmp_path)
+
+@pytest.mark.parametrize("stage, overrides, epochs", [
+    ("validation", "", 3),
+    ("validation", "callbacks=[default,ema]", 3),
+    ("test", STOPS_AFTER_EPOCH_1, 2),
+], ids=["validation", "validation-ema", "test-after-early-stop"])
+def test_a_signal_outside_training_batches_then_the_same_command_continues_exactly(tmp_path, reference, stage,
+                                                                                  overrides, epochs):
+    """- In the epoch's validation (its training done): Lightning alone resumed such a checkpoint
+    as saved after the validation, skipped it, and the epoch ended without val/acc.
+    - With EMA the validation runs on the averaged weights: the live ones must be the ones saved.
+    - In the test of the best checkpoint, after early stopping ended the fit: the fit's last.ckpt
+    stays as it was (the model holds the best weights by then), the resumed run trains no more
+    epochs (Lightning does not keep the stop decision) and reports the fit's metrics."""
+    overrides = overrides.split()
+    if overrides:  # its own uninterrupted run
+        result = run_cli("train.py", *COMMON, *overrides, f"paths.log_dir={tmp_path}", "run_name=ref", tmp_path=tmp_path)
         assert result.returncode == 0, result.stderr[-3000:]
         reference = tmp_path / "train" / "runs" / "ref"
     (tmp_path / "signal_once.py").write_text(SIGNAL_ONCE)
     env = helpers.offline_env(tmp_path, PYTHONPATH=tmp_path)
-    args = [*callbacks, f"paths.log_dir={tmp_path}", "run_name=in_validation",
-            "+callbacks.signal._target_=signal_once.SignalOnce", f"+callbacks.signal.marker={tmp_path / 'signalled'}"]
-    run_dir = tmp_path / "train" / "runs" / "in_validation"
+    args = [*overrides, f"paths.log_dir={tmp_path}", "run_name=stopped", "+callbacks.signal._target_=signal_once.SignalOnce",
+            f"+callbacks.signal.marker={tmp_path / 'signalled'}", f"+callbacks.signal.stage={stage}"]
+    run_dir = tmp_path / "train" / "runs" / "stopped"
     interrupted = run_cli("train.py", *COMMON, *args, tmp_path=tmp_path, env=env)
     assert interrupted.returncode == 143, interrupted.stderr[-2000:]
-    assert summary(run_dir)["global_step"] == 2 * 73  # epoch 1 trained, its validation not finished
+    assert summary(run_dir)["global_step"] == 2 * 73  # epoch 1 trained; its validation, or the test, not done
 
     result = run_cli("train.py", *COMMON, *args, tmp_path=tmp_path, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert_same_run(run_dir, reference)
+    assert_same_run(run_dir, reference, epochs=epochs)
 
 
 def test_sigkill_at_any_moment_leaves_a_resumable_run(tmp_path, reference):

@@ -46,13 +46,16 @@ class GracefulStop(pl.Callback):
         self._trainer = None
 
     def on_train_start(self, trainer, pl_module) -> None:
-        # after Lightning registered its own handlers (SIGTERM), so ours wrap them
+        # after Lightning registered its own handlers (SIGTERM), so ours wrap them; the test of
+        # the best checkpoint that follows the fit is a stage of its own
         if self._previous:
             return
         self._trainer = trainer
         for signum in self.SIGNALS:
             self._previous[signum] = signal.getsignal(signum)
             signal.signal(signum, self._on_signal)
+
+    on_test_start = on_train_start
 
     def _on_signal(self, signum, frame) -> None:
         if signum == signal.SIGINT and self.received == signal.SIGINT:
@@ -69,6 +72,13 @@ class GracefulStop(pl.Callback):
             # save a state that no uninterrupted run would have had
             return
         path = self.checkpoint_dir / "last.ckpt"
+        if trainer.state.fn != "fit" and path.exists():
+            # stopped while testing: the fit's own end-of-training last.ckpt is where to continue
+            # (the model now holds the best checkpoint's weights, not the last)
+            self.saved = path
+            log.warning("interrupted while testing: the run continues from %s", path)
+            self._requeue()
+            return
         # Stopped between two validation batches: the epoch's training is done, its validation not.
         self._mid_validation = trainer.validating and not trainer.sanity_checking
         if self._mid_validation:
@@ -85,11 +95,12 @@ class GracefulStop(pl.Callback):
             return
         # Lightning reads a checkpoint whose validation progress counts only whole batches as one
         # saved after the validation, and skips it on resume: the epoch would end without val/acc
-        # (EarlyStopping fails) and without its checkpoint. A validation batch started and not
-        # finished is how Lightning marks a stop inside the validation, which it runs again from
-        # its first batch on resume, as the uninterrupted run did.
-        total = checkpoint["loops"]["fit_loop"]["epoch_loop.val_loop.batch_progress"]["total"]
-        total["processed"] = total["completed"] = total["started"] - 1
+        # (EarlyStopping fails) and without its checkpoint. Recorded as stopped inside the first
+        # validation batch, the validation runs again on resume, all of it (with the batches done
+        # counted, Lightning would stop that many batches short), as the uninterrupted run did.
+        progress = checkpoint["loops"]["fit_loop"]["epoch_loop.val_loop.batch_progress"]
+        for counts in (progress["total"], progress["current"]):
+            counts.update(ready=1, started=1, processed=0, completed=0)
 
     def _requeue(self) -> None:
         if self.received not in self.REQUEUE:
@@ -118,12 +129,19 @@ class ResumeMidEpoch(pl.Callback):
             "epoch": trainer.current_epoch,
             "batches_done": int(trainer.fit_loop.epoch_loop.batch_progress.current.completed),
             "batches_per_epoch": int(trainer.num_training_batches),
+            # early stopping ends the fit after the last checkpoint was written; Lightning does
+            # not keep that decision, and a resumed run would train one more epoch
+            "should_stop": bool(trainer.should_stop),
         }
 
     def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
         state = checkpoint.get("xtune_data")
+        if not state or trainer.state.fn != "fit":
+            return
+        if state.get("should_stop"):
+            trainer.should_stop = True
         datamodule = trainer.datamodule
-        if not state or trainer.state.fn != "fit" or not hasattr(datamodule, "resume_skip_samples"):
+        if not hasattr(datamodule, "resume_skip_samples"):
             return
         done = state["batches_done"]
         if 0 < done < state["batches_per_epoch"]:  # saved mid-epoch

@@ -137,6 +137,7 @@ def run_training(cfg: DictConfig, extra_callbacks=()) -> dict:
         if cfg.get("train"):
             trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
             fit_metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+            fit_metrics = fit_metrics or stats.fit_metrics  # resumed with the fit done: as it ended
         trainable = trainable_summary(module.backbone)  # as trained (testing may re-freeze)
         if stats.first_step_at:
             timeline.mark("first_step", stats.first_step_at)
