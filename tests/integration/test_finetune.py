@@ -9,6 +9,7 @@ import torch
 from safetensors.torch import save_file
 
 from helpers import compose, run, run_cli, summary
+from xtune.errors import XtuneInterrupted
 from xtune.tasks.train import run_training
 
 pytestmark = pytest.mark.slow
@@ -64,12 +65,15 @@ def test_linear_probe_freezes_the_backbone_and_its_batchnorm(tmp_path, init_weig
 
 
 class StopAfter(pl.Callback):
+    """A preemption at the end of `epoch`: the flag a SIGTERM sets (trainer.should_stop would be
+    early stopping's decision, which a resumed run keeps)."""
+
     def __init__(self, epoch):
         self.epoch = epoch
 
     def on_train_epoch_end(self, trainer, pl_module):
         if trainer.current_epoch == self.epoch:
-            trainer.should_stop = True
+            trainer._signal_connector.received_sigterm = True
 
 
 def test_backbone_unfreezes_exactly_at_its_epoch_and_resume_across_it_matches(tmp_path, init_weights):
@@ -86,7 +90,8 @@ def test_backbone_unfreezes_exactly_at_its_epoch_and_resume_across_it_matches(tm
 
     for stop in (0, 2):  # interrupted before, and after, the unfreeze
         name = f"stopped_{stop}"
-        train(tmp_path, *common, callbacks=[StopAfter(stop)], name=name)
+        with pytest.raises(XtuneInterrupted):
+            train(tmp_path, *common, callbacks=[StopAfter(stop)], name=name)
         resumed = Snapshots()
         train(tmp_path, *common, f"ckpt_path={tmp_path / name / 'checkpoints' / 'last.ckpt'}",
               callbacks=[resumed], name=f"resumed_{stop}")
