@@ -7,6 +7,7 @@
   host sync per n steps instead of one per step).
 - StoreRunInfo: puts the resolved config and class names into every checkpoint, so eval.py and
   resume need nothing else.
+- EMAWeightAveraging: Lightning's, with the test of the best checkpoint run on its averaged weights.
 """
 
 from __future__ import annotations
@@ -197,3 +198,17 @@ class ReseedEveryStep(pl.Callback):
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         self._reseed(trainer, trainer.fit_loop.epoch_loop.total_batch_idx)
+
+
+class EMAWeightAveraging(pl.callbacks.EMAWeightAveraging):
+    """Lightning's EMA of the weights, tested as saved.
+
+    A checkpoint holds the averaged weights as its state_dict (what eval.py and the export read)
+    and the live ones beside them. Lightning's hook loads the live ones back into the model on
+    every load once the fit has built its averaged model, so testing best.ckpt after the fit, in
+    the same Trainer, scored the live weights. Outside the fit the averaged weights stay.
+    """
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        if trainer.state.fn == "fit":
+            super().on_load_checkpoint(trainer, pl_module, checkpoint)
