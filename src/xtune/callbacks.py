@@ -108,7 +108,8 @@ class RunStats(pl.Callback):
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
         if trainer.state.fn == "fit" and not trainer.sanity_checking:
-            self._record(trainer, trainer.current_epoch)
+            if not trainer.received_sigterm:  # a stop mid-epoch: callback_metrics are the last epoch's
+                self._record(trainer, trainer.current_epoch)
             # what run_training reports as the fit's metrics when a resumed run finds its fit done
             # (stopped while testing) and Lightning logs nothing
             self.fit_metrics = {key: float(value) for key, value in trainer.callback_metrics.items()

@@ -125,7 +125,10 @@ def test_a_signal_outside_training_batches_then_the_same_command_continues_exact
     run_dir = tmp_path / "train" / "runs" / "stopped"
     interrupted = run_cli("train.py", *COMMON, *args, tmp_path=tmp_path, env=env)
     assert interrupted.returncode == 143, interrupted.stderr[-2000:]
-    assert summary(run_dir)["global_step"] == 2 * 73  # epoch 1 trained; its validation, or the test, not done
+    stopped = summary(run_dir)
+    assert stopped["global_step"] == 2 * 73  # epoch 1 trained; its validation, or the test, not done
+    finished = 1 if stage == "validation" else 2  # epochs whole when it stopped: their rows, no other
+    assert stopped["history"] == summary(reference)["history"][:finished]
 
     result = run_cli("train.py", *COMMON, *args, tmp_path=tmp_path, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
