@@ -7,10 +7,11 @@
   callback then saves `checkpoints/last.ckpt` and, for SLURM's signals, hands the signal to
   whoever handled it before (submitit requeues the job; under a plain sbatch job it requeues
   itself with scontrol). A second Ctrl-C stops at once, keeping the last checkpoint. A stop
-  during the epoch's validation resumes by running that validation again.
+  during the epoch's validation resumes by running that validation again; a stop while testing
+  keeps the fit's last.ckpt.
 - `ResumeMidEpoch`: a checkpoint taken mid-epoch records how many batches of the epoch were
   done; on resume the epoch-seeded sampler skips exactly those, so the run continues with the
-  batches it would have seen.
+  batches it would have seen. It also keeps early stopping's decision, which Lightning does not.
 """
 
 from __future__ import annotations
