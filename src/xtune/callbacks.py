@@ -108,8 +108,13 @@ class RunStats(pl.Callback):
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
         if trainer.state.fn == "fit" and not trainer.sanity_checking:
-            if not trainer.received_sigterm:  # a stop mid-epoch: callback_metrics are the last epoch's
+            epochs = trainer.fit_loop.epoch_progress.current
+            if epochs.processed > epochs.completed:  # in on_train_epoch_end: the epoch's metrics are all in
                 self._record(trainer, trainer.current_epoch)
+            elif epochs.started == epochs.completed and trainer.current_epoch > 0:  # a stop after an epoch's end
+                self._record(trainer, trainer.current_epoch - 1)
+            # else inside an epoch (a stop, a checkpoint every n steps): the metrics are the last epoch's
+
             # what run_training reports as the fit's metrics when a resumed run finds its fit done
             # (stopped while testing) and Lightning logs nothing
             self.fit_metrics = {key: float(value) for key, value in trainer.callback_metrics.items()

@@ -81,17 +81,18 @@ import os, signal
 import pytorch_lightning as pl
 
 class SignalOnce(pl.Callback):
-    \"\"\"SIGTERM to this process after batch 1 of epoch 1's validation or of the test, in the
-    first run only.\"\"\"
+    \"\"\"SIGTERM to this process after batch 1 of epoch 1's validation (its last batch for
+    "validation_end") or of the test, in the first run only.\"\"\"
     def __init__(self, marker, stage):
         self.marker, self.stage = marker, stage
-    def _signal(self, batch_idx):
-        if batch_idx == 1 and not os.path.exists(self.marker):
+    def _signal(self, batch_idx, at=1):
+        if batch_idx == at and not os.path.exists(self.marker):
             open(self.marker, "w").close()
             os.kill(os.getpid(), signal.SIGTERM)
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
-        if self.stage == "validation" and trainer.current_epoch == 1:
-            self._signal(batch_idx)
+        if self.stage.startswith("validation") and trainer.current_epoch == 1:
+            last = self.stage == "validation_end"
+            self._signal(batch_idx, trainer.num_val_batches[0] - 1 if last else 1)
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
         if self.stage == "test":
             self._signal(batch_idx)
@@ -103,12 +104,15 @@ STOPS_AFTER_EPOCH_1 = "callbacks.early_stopping.patience=1 callbacks.early_stopp
 @pytest.mark.parametrize("stage, overrides, epochs", [
     ("validation", "", 3),
     ("validation", "callbacks=[default,ema]", 3),
+    ("validation_end", "", 3),
     ("test", STOPS_AFTER_EPOCH_1, 2),
-], ids=["validation", "validation-ema", "test-after-early-stop"])
+], ids=["validation", "validation-ema", "validation-last-batch", "test-after-early-stop"])
 def test_a_signal_outside_training_batches_then_the_same_command_continues_exactly(tmp_path, reference, stage,
                                                                                   overrides, epochs):
     """- In the epoch's validation (its training done): Lightning alone resumed such a checkpoint
     as saved after the validation, skipped it, and the epoch ended without val/acc.
+    - After the validation's last batch: the epoch ends, then the run stops (its record once
+    gained a row for the next epoch, with this one's metrics).
     - With EMA the validation runs on the averaged weights: the live ones must be the ones saved.
     - In the test of the best checkpoint, after early stopping ended the fit: the fit's last.ckpt
     stays as it was (the model holds the best weights by then), the resumed run trains no more
@@ -125,9 +129,9 @@ def test_a_signal_outside_training_batches_then_the_same_command_continues_exact
     run_dir = tmp_path / "train" / "runs" / "stopped"
     interrupted = run_cli("train.py", *COMMON, *args, tmp_path=tmp_path, env=env)
     assert interrupted.returncode == 143, interrupted.stderr[-2000:]
-    stopped = summary(run_dir)
-    assert stopped["global_step"] == 2 * 73  # epoch 1 trained; its validation, or the test, not done
+    stopped = summary(run_dir)  # epoch 1 trained; its validation (or the test) not done, or just done
     finished = 1 if stage == "validation" else 2  # epochs whole when it stopped: their rows, no other
+    assert stopped["global_step"] == 2 * 73 and stopped["epoch"] == finished
     assert stopped["history"] == summary(reference)["history"][:finished]
 
     result = run_cli("train.py", *COMMON, *args, tmp_path=tmp_path, env=env)
