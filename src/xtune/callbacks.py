@@ -24,6 +24,10 @@ class NonFiniteLossError(XtuneError):
     """Training diverged."""
 
 
+def _scalars(trainer) -> dict:
+    return {key: float(value) for key, value in trainer.callback_metrics.items() if value.numel() == 1}
+
+
 class RunStats(pl.Callback):
     def __init__(self, monitor: str = "val/acc", mode: str = "max", warmup_steps: int = 3):
         self.monitor, self.mode, self.warmup_steps = monitor, mode, warmup_steps
@@ -37,7 +41,7 @@ class RunStats(pl.Callback):
         self.first_step_at: float | None = None  # wall clock (time.time) of the first training step
         self.last_step_at: float | None = None
         self.memory: dict = {}
-        self.fit_metrics: dict = {}  # the scalar metrics at the last checkpoint of the fit
+        self.fit_metrics: dict = {}  # the fit's scalar metrics: at its end, or at its last checkpoint
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if self.first_step_at is None:
@@ -79,6 +83,7 @@ class RunStats(pl.Callback):
     def on_fit_end(self, trainer, pl_module) -> None:
         if trainer.current_epoch > 0:
             self._record(trainer, trainer.current_epoch - 1)
+        self.fit_metrics = _scalars(trainer) or self.fit_metrics  # none logged: a resumed, finished fit
 
     def _record(self, trainer, epoch: int) -> None:
         values = {key: float(value) for key, value in trainer.callback_metrics.items()
@@ -115,10 +120,8 @@ class RunStats(pl.Callback):
                 self._record(trainer, trainer.current_epoch - 1)
             # else inside an epoch (a stop, a checkpoint every n steps): the metrics are the last epoch's
 
-            # what run_training reports as the fit's metrics when a resumed run finds its fit done
-            # (stopped while testing) and Lightning logs nothing
-            self.fit_metrics = {key: float(value) for key, value in trainer.callback_metrics.items()
-                                if value.numel() == 1}
+            # kept for a run resumed with its fit done (stopped while testing), which logs none
+            self.fit_metrics = _scalars(trainer)
         checkpoint["xtune_run_stats"] = {
             "history": self.history, "best_epoch": self.best_epoch, "best_score": self.best_score,
             "fit_metrics": self.fit_metrics,

@@ -69,11 +69,7 @@ def test_a_signal_mid_epoch_then_the_same_command_continues_exactly(tmp_path, re
     assert result.returncode == 0, result.stderr[-3000:]
     assert "resuming from" in result.stdout + result.stderr
     assert_same_run(run_dir, reference)
-    with open(run_dir / "metrics.csv") as handle:
-        import csv
-
-        rows = [r for r in csv.DictReader(handle) if r.get("val/acc")]
-    assert sorted(int(r["epoch"]) for r in rows) == [0, 1, 2]  # no epoch logged twice
+    assert sorted(int(epoch) for epoch, _, _ in validation_rows(run_dir)) == [0, 1, 2]  # no epoch logged twice
 
 
 SIGNAL_ONCE = """
@@ -81,21 +77,32 @@ import os, signal
 import pytorch_lightning as pl
 
 class SignalOnce(pl.Callback):
-    \"\"\"SIGTERM to this process after batch 1 of epoch 1's validation (its last batch for
-    "validation_end") or of the test, in the first run only.\"\"\"
+    \"\"\"SIGTERM to this process, once per marker file: after batch 1 of epoch 1's validation
+    (its last batch for "validation_end"), or of the test ("test", which first notes last.ckpt's
+    mtime); "twice": inside epoch 1's first validation, then (the next run) after the last batch
+    of its second (val_check_interval 1/3).\"\"\"
     def __init__(self, marker, stage):
         self.marker, self.stage = marker, stage
-    def _signal(self, batch_idx, at=1):
-        if batch_idx == at and not os.path.exists(self.marker):
-            open(self.marker, "w").close()
+    def _signal(self, batch_idx, at, marker):
+        if batch_idx == at and not os.path.exists(marker):
+            open(marker, "w").close()
             os.kill(os.getpid(), signal.SIGTERM)
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
-        if self.stage.startswith("validation") and trainer.current_epoch == 1:
-            last = self.stage == "validation_end"
-            self._signal(batch_idx, trainer.num_val_batches[0] - 1 if last else 1)
+        if trainer.current_epoch != 1 or trainer.sanity_checking:
+            return
+        last = trainer.num_val_batches[0] - 1
+        if self.stage == "twice":
+            first = trainer.fit_loop.epoch_loop.batch_idx < trainer.num_training_batches // 2
+            self._signal(batch_idx, 1 if first else last, self.marker + ("" if first else "2"))
+        elif self.stage.startswith("validation"):
+            self._signal(batch_idx, last if self.stage == "validation_end" else 1, self.marker)
+    def on_test_start(self, trainer, pl_module):
+        last = os.path.join(trainer.checkpoint_callback.dirpath, "last.ckpt")
+        if self.stage == "test" and not os.path.exists(self.marker):
+            open(self.marker + ".mtime", "w").write(str(os.stat(last).st_mtime_ns))
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
         if self.stage == "test":
-            self._signal(batch_idx)
+            self._signal(batch_idx, 1, self.marker)
 """
 
 STOPS_AFTER_EPOCH_1 = "callbacks.early_stopping.patience=1 callbacks.early_stopping.min_delta=0.5"
@@ -133,10 +140,43 @@ def test_a_signal_outside_training_batches_then_the_same_command_continues_exact
     finished = 1 if stage == "validation" else 2  # epochs whole when it stopped: their rows, no other
     assert stopped["global_step"] == 2 * 73 and stopped["epoch"] == finished
     assert stopped["history"] == summary(reference)["history"][:finished]
+    if stage == "test":  # the fit's last.ckpt as the fit left it
+        last = run_dir / "checkpoints" / "last.ckpt"
+        assert (tmp_path / "signalled.mtime").read_text() == str(last.stat().st_mtime_ns)
 
     result = run_cli("train.py", *COMMON, *args, tmp_path=tmp_path, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     assert_same_run(run_dir, reference, epochs=epochs)
+
+
+def validation_rows(run_dir):
+    import csv
+
+    with open(run_dir / "metrics.csv") as handle:
+        return [(r["epoch"], r["step"], r["val/acc"]) for r in csv.DictReader(handle) if r.get("val/acc")]
+
+
+def test_two_stops_in_one_epoch_of_several_validations_continue_exactly(tmp_path):
+    """val_check_interval 1/3: a stop inside epoch 1's first validation, then (in the resumed run)
+    one after the last batch of its second. The first resume once left the validation's batch
+    count one ahead, and the second resume ran the finished validation again: a second row for
+    it in metrics.csv, and one more round counted by early stopping."""
+    common = [*COMMON, "trainer.val_check_interval=0.3333", f"paths.log_dir={tmp_path}"]
+    result = run_cli("train.py", *common, "run_name=ref", tmp_path=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (tmp_path / "signal_once.py").write_text(SIGNAL_ONCE)
+    env = helpers.offline_env(tmp_path, PYTHONPATH=tmp_path)
+    args = [*common, "run_name=stopped", "+callbacks.signal._target_=signal_once.SignalOnce",
+            f"+callbacks.signal.marker={tmp_path / 'signalled'}", "+callbacks.signal.stage=twice"]
+    for _ in range(2):
+        stopped = run_cli("train.py", *args, tmp_path=tmp_path, env=env)
+        assert stopped.returncode == 143, stopped.stderr[-2000:]
+    assert (tmp_path / "signalled2").exists()
+    result = run_cli("train.py", *args, tmp_path=tmp_path, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    run_dir, reference = tmp_path / "train" / "runs" / "stopped", tmp_path / "train" / "runs" / "ref"
+    assert_same_run(run_dir, reference)
+    assert validation_rows(run_dir) == validation_rows(reference)
 
 
 def test_sigkill_at_any_moment_leaves_a_resumable_run(tmp_path, reference):

@@ -43,6 +43,8 @@ class GracefulStop(pl.Callback):
         self.received: int | None = None
         self.saved: Path | None = None  # the checkpoint written on an interruption
         self._mid_validation = False
+        self._after_validation = False
+        self._validated_at: int | None = None  # the step of the fit's last finished validation
         self._previous: dict = {}
         self._trainer = None
 
@@ -82,16 +84,24 @@ class GracefulStop(pl.Callback):
             return
         # Stopped between two validation batches: the epoch's training is done, its validation not.
         self._mid_validation = trainer.validating and not trainer.sanity_checking
+        # Stopped right after a validation inside the epoch (val_check_interval < 1): on resume
+        # Lightning skips that batch's validation but counts the batch again for the loggers' step.
+        self._after_validation = (not trainer.validating and self._validated_at == trainer.global_step
+                                  and trainer.fit_loop.epoch_loop.batch_progress.current.completed
+                                  < trainer.num_training_batches)
         if self._mid_validation:
             for callback in trainer.callbacks:
                 if isinstance(callback, WeightAveraging):  # EMA: the live weights back in the model
                     callback.on_validation_epoch_end(trainer, pl_module)
         trainer.save_checkpoint(path)
+        self._mid_validation = self._after_validation = False
         self.saved = path
         log.warning("interrupted at epoch %d, step %d: saved %s", trainer.current_epoch, trainer.global_step, path)
         self._requeue()
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        if self._after_validation:  # the count it expects from a save in on_validation_end
+            checkpoint["loops"]["fit_loop"]["epoch_loop.state_dict"]["_batches_that_stepped"] -= 1
         if not self._mid_validation:
             return
         # Lightning reads a checkpoint whose validation progress counts only whole batches as one
@@ -102,6 +112,17 @@ class GracefulStop(pl.Callback):
         progress = checkpoint["loops"]["fit_loop"]["epoch_loop.val_loop.batch_progress"]
         for counts in (progress["total"], progress["current"]):
             counts.update(ready=1, started=1, processed=0, completed=0)
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        # A validation resumed from a stop inside it ran all its batches after the one counted as
+        # started: its count stays one ahead for the rest of the epoch, and a later stop in this
+        # epoch (validations every val_check_interval) would be read as inside this validation.
+        if trainer.state.fn != "fit" or trainer.sanity_checking:
+            return
+        total = trainer.fit_loop.epoch_loop.val_loop.batch_progress.total
+        if total.ready != total.completed:
+            total.ready = total.started = total.processed = total.completed
+        self._validated_at = trainer.global_step
 
     def _requeue(self) -> None:
         if self.received not in self.REQUEUE:
@@ -124,8 +145,7 @@ class ResumeMidEpoch(pl.Callback):
     """Records the batches done in the current epoch; on resume the sampler skips them."""
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
-        if trainer.state.fn != "fit":
-            return
+        # in the fit, or at a stop while testing with no last.ckpt to keep (the fit's state)
         checkpoint["xtune_data"] = {
             "epoch": trainer.current_epoch,
             "batches_done": int(trainer.fit_loop.epoch_loop.batch_progress.current.completed),

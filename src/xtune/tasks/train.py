@@ -136,8 +136,9 @@ def run_training(cfg: DictConfig, extra_callbacks=()) -> dict:
         fit_metrics = {}
         if cfg.get("train"):
             trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
-            fit_metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
-            fit_metrics = fit_metrics or stats.fit_metrics  # resumed with the fit done: as it ended
+            # at the fit's end; a run resumed with its fit done (stopped while testing) logs none:
+            # then those its checkpoint kept
+            fit_metrics = dict(stats.fit_metrics)
         trainable = trainable_summary(module.backbone)  # as trained (testing may re-freeze)
         if stats.first_step_at:
             timeline.mark("first_step", stats.first_step_at)
