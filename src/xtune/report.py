@@ -204,8 +204,9 @@ class RunRecord:
             trainer = self.trainer
             self.summary = {"status": "interrupted", "epoch": trainer.current_epoch,
                             "global_step": trainer.global_step, "wall_time_s": wall}
+            how = "kept the fit's" if self.stop.kept else "saved"  # kept: a stop while testing
             interrupted = XtuneInterrupted(
-                f"interrupted at epoch {trainer.current_epoch}, step {trainer.global_step}: saved {self.stop.saved}; "
+                f"interrupted at epoch {trainer.current_epoch}, step {trainer.global_step}: {how} {self.stop.saved}; "
                 "run the same command again to continue (resume=auto)")
         elif error is not None:
             self.summary = {"status": "failed", "error": f"{kind.__name__}: {error}"[:2000], "wall_time_s": wall}

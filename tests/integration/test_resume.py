@@ -140,6 +140,7 @@ def test_a_signal_outside_training_batches_then_the_same_command_continues_exact
     finished = 1 if stage == "validation" else 2  # epochs whole when it stopped: their rows, no other
     assert stopped["global_step"] == 2 * 73 and stopped["epoch"] == finished
     assert stopped["history"] == summary(reference)["history"][:finished]
+    assert ("kept the fit's" if stage == "test" else ": saved") in interrupted.stderr.splitlines()[-1]
     if stage == "test":  # the fit's last.ckpt as the fit left it
         last = run_dir / "checkpoints" / "last.ckpt"
         assert (tmp_path / "signalled.mtime").read_text() == str(last.stat().st_mtime_ns)

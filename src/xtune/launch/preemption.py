@@ -41,7 +41,8 @@ class GracefulStop(pl.Callback):
     def __init__(self, checkpoint_dir: str):
         self.checkpoint_dir = Path(checkpoint_dir)
         self.received: int | None = None
-        self.saved: Path | None = None  # the checkpoint written on an interruption
+        self.saved: Path | None = None  # the checkpoint to continue from after an interruption
+        self.kept = False  # True when that is the fit's own last.ckpt (a stop while testing)
         self._mid_validation = False
         self._after_validation = False
         self._validated_at: int | None = None  # the step of the fit's last finished validation
@@ -78,7 +79,7 @@ class GracefulStop(pl.Callback):
         if trainer.state.fn != "fit" and path.exists():
             # stopped while testing: the fit's own end-of-training last.ckpt is where to continue
             # (the model now holds the best checkpoint's weights, not the last)
-            self.saved = path
+            self.saved, self.kept = path, True
             log.warning("interrupted while testing: the run continues from %s", path)
             self._requeue()
             return
