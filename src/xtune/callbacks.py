@@ -86,8 +86,8 @@ class RunStats(pl.Callback):
         self.fit_metrics = _scalars(trainer) or self.fit_metrics  # none logged: a resumed, finished fit
 
     def _record(self, trainer, epoch: int) -> None:
-        values = {key: float(value) for key, value in trainer.callback_metrics.items()
-                  if key.startswith(("train/", "val/")) and not key.endswith("_step") and value.numel() == 1}
+        values = {key: value for key, value in _scalars(trainer).items()
+                  if key.startswith(("train/", "val/")) and not key.endswith("_step")}
         if not values:
             return
         if self.history and self.history[-1]["epoch"] == epoch:
