@@ -1,6 +1,7 @@
 """Sources, splits, transforms and loaders on real (small) data."""
 
 import gzip
+import os
 from functools import partial
 from pathlib import Path
 
@@ -97,6 +98,41 @@ def test_train_order_depends_only_on_seed_and_epoch():
     sampler.set_epoch(3)
     sampler.skip = 10
     assert list(iter(sampler)) == order(3)[10:]
+
+
+class WorkerFacts(torch.utils.data.Dataset):
+    """Per item: the loading worker's nice level, and draws from its Python and NumPy RNGs."""
+
+    def __len__(self):
+        return 2
+
+    def __getitem__(self, index):
+        import os
+        import random
+
+        return os.getpriority(os.PRIO_PROCESS, 0), random.randrange(2**31), int(np.random.randint(2**31))
+
+
+@pytest.mark.parametrize("nice", [10, 0])
+def test_loader_workers_yield_the_cpu_and_keep_lightnings_worker_seeds(monkeypatch, nice):
+    from lightning_fabric.utilities.seed import pl_worker_init_function
+    from torch.utils.data import DataLoader
+
+    monkeypatch.setenv("PL_SEED_WORKERS", "1")  # what seed_everything(workers=True) sets
+    module = digits_module(num_workers=2, worker_nice=nice, persistent_workers=False, eval_batch_size=1)
+    module.splits["val"] = WorkerFacts()
+
+    def facts(loader):
+        torch.manual_seed(3)  # the base seed of the workers
+        return [tuple(int(value) for value in item) for item in loader]
+
+    ours = facts(module.val_dataloader())
+    assert [level for level, *_ in ours] == [min(os.getpriority(os.PRIO_PROCESS, 0) + nice, 19)] * 2
+    # Lightning adds its worker seeding only to loaders without a worker_init_fn: ours runs it
+    theirs = facts(DataLoader(WorkerFacts(), batch_size=1, num_workers=2,
+                              worker_init_fn=partial(pl_worker_init_function, rank=0)))
+    assert [draws for _, *draws in ours] == [draws for _, *draws in theirs]
+    assert ours[0][1:] != ours[1][1:]
 
 
 def test_root_is_refused_for_digits():

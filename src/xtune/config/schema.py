@@ -28,6 +28,8 @@ class DataOptions:
     num_workers: Optional[int] = field(default=0, metadata=bounds(low=0))  # None: min(8, CPU count)
     pin_memory: bool = False
     persistent_workers: bool = True  # workers live across epochs (with num_workers > 0)
+    # loader workers run this many Unix nice levels below the training process (0: the same)
+    worker_nice: int = field(default=10, metadata=bounds(low=0, high=19))
     drop_last: bool = False  # drop every ragged last training batch (one of 1 image always is)
     # preprocessing; None takes the backbone's pretrained data config (timm resolve_data_config)
     image_size: Optional[int] = field(default=None, metadata=bounds(low=8))
